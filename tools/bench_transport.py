@@ -7,7 +7,8 @@ receives them (no decode); (b) the TensorDict transport: a RolloutSender encodes
 rows every message (consolidate + zero-copy send, credits) and the learner's RolloutReceiver receives, rebuilds and
 schema-validates every row; (c) the same without the per-row schema validation: a bare ROUTER speaking the credit
 protocol that only rebuilds the rows (shows what validation costs). GB/s counts payload bytes after the first
-message (which pays connection set-up).
+message (which pays connection set-up). Both processes call ``keep_large_buffers()`` as the learner and the
+rollout workers do, so every mode allocates its large buffers the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import statistics
 import time
 from multiprocessing.connection import Connection
 
@@ -25,6 +27,7 @@ from spear_stream.config import TransportConfig
 from spear_stream.schema import make_row, validate_row
 from spear_stream.transport import RolloutReceiver, RolloutSender
 from spear_stream.transport.codec import encode_control, parse_header, rebuild_consolidated
+from spear_stream.utils import keep_large_buffers
 
 TOKEN = "bench"
 BYTES_PER_TOKEN = 8 + 1 + 4 + 4  # tokens int64, loss_mask bool, behavior_logp float32, token_version int32
@@ -55,6 +58,7 @@ def make_rows(total_bytes: int, n_rows: int, worker_id: int) -> list:
 def sender_main(conn: Connection) -> None:
     """Child process: runs the sending side of each command until told to exit."""
     torch.set_num_threads(1)
+    keep_large_buffers()  # as every rollout worker process does (spear_stream/rollout/main.py)
     while (command := conn.recv())[0] != "exit":
         mode, address, nbytes, n_rows, n_messages = command
         if mode == "raw":
@@ -156,8 +160,12 @@ def main() -> None:
     )
     parser.add_argument("--megabytes-per-run", type=float, default=1000.0, help="data sent per measurement")
     parser.add_argument("--max-messages", type=int, default=300)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements per size (the median is printed)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_large_buffers()  # as the learner does (spear_stream/learner/rank0.py)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=sender_main, args=(child,), daemon=True)
@@ -172,13 +180,23 @@ def main() -> None:
         for size_mb in args.sizes_mb:
             nbytes = int(size_mb * 2**20)
             n_messages = max(5, min(args.max_messages, int(args.megabytes_per_run / size_mb)))
-            raw = receive_raw(parent, nbytes, n_messages)
-            td, validate_ms, actual_mb = receive_transport(parent, nbytes, args.rows, n_messages)
-            bare = receive_unvalidated(parent, nbytes, args.rows, n_messages)
-            print(
-                f"{actual_mb:>7.1f}MB {raw:>8.2f}GB/s {td:>8.2f}GB/s {td / raw:>6.0%} {bare:>8.2f}GB/s "
-                f"{bare / raw:>6.0%}   ({args.rows} rows x {n_messages} msgs; validating one group: {validate_ms:.1f} ms)"
-            )
+            ratios, bare_ratios = [], []
+            for _ in range(args.repeats):  # interleaved, so a burst of load hits every mode alike
+                raw = receive_raw(parent, nbytes, n_messages)
+                td, validate_ms, actual_mb = receive_transport(parent, nbytes, args.rows, n_messages)
+                bare = receive_unvalidated(parent, nbytes, args.rows, n_messages)
+                ratios.append(td / raw)
+                bare_ratios.append(bare / raw)
+                print(
+                    f"{actual_mb:>7.1f}MB {raw:>8.2f}GB/s {td:>8.2f}GB/s {td / raw:>6.0%} {bare:>8.2f}GB/s "
+                    f"{bare / raw:>6.0%}   ({args.rows} rows x {n_messages} msgs; validating one group: "
+                    f"{validate_ms:.1f} ms)"
+                )
+            if args.repeats > 1:
+                print(
+                    f"{actual_mb:>7.1f}MB median of {args.repeats}: TensorDict/raw {statistics.median(ratios):.0%}, "
+                    f"no-validate/raw {statistics.median(bare_ratios):.0%}"
+                )
     finally:
         parent.send(("exit",))
         proc.join(timeout=30)

@@ -28,7 +28,7 @@ from spear_stream.rollout.engine import SamplingParams
 from spear_stream.rollout.hf import HFEngine
 from spear_stream.rollout.worker import RolloutWorker
 from spear_stream.transport.zmq_channel import ChannelStopped, CreditTimeout, RolloutSender
-from spear_stream.utils import set_threads
+from spear_stream.utils import keep_large_buffers, set_threads
 from spear_stream.weightsync.base import (
     WeightAnnouncement,
     WeightSyncError,
@@ -54,6 +54,7 @@ class WorkerProcess:
     ) -> None:
         self.cfg = cfg
         set_threads(cfg.rollout.num_threads)
+        keep_large_buffers()  # each group is consolidated into a fresh buffer for the wire (see the helper)
         tokenizer = load_tokenizer(cfg.model.path)
         self.fmt = ChatFormat(tokenizer)
         self.engine = HFEngine(

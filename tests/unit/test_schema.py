@@ -36,6 +36,31 @@ def test_make_row_fills_defaults_and_policy_version():
             lambda r: r.set("token_version", torch.tensor([0, -1, 3, 4, -1], dtype=torch.int32)),
             "token_version",
         ),
+        # the version pattern: masked tokens >= 0, every other token exactly -1
+        (
+            lambda r: r.set("token_version", torch.tensor([-1, -1, -1, 4, -1], dtype=torch.int32)),
+            "token_version",
+        ),
+        (
+            lambda r: r.set("token_version", torch.tensor([-1, -1, 3, 4, -2], dtype=torch.int32)),
+            "token_version",
+        ),
+        (
+            lambda r: r.set("token_version", torch.tensor([-1, -1, 3, 4, 5], dtype=torch.int32)),
+            "token_version",
+        ),
+        (lambda r: r.set("policy_version", torch.tensor(4)), "policy_version"),
+        # context tokens carry 0; a positive log-probability anywhere is corrupt
+        (
+            lambda r: r.set("behavior_logp", torch.tensor([0.5, 0, -0.5, -1, 0], dtype=torch.float32)),
+            "behavior_logp",
+        ),
+        (
+            lambda r: r.set(
+                "behavior_logp", torch.tensor([0, 0, -0.5, float("-inf"), 0], dtype=torch.float32)
+            ),
+            "behavior_logp",
+        ),
         (lambda r: r.set("prompt_length", torch.tensor(9)), "prompt_length"),
         (lambda r: r.set("outcome_reward", torch.tensor(float("nan"))), "outcome_reward"),
         (lambda r: r.set("n_tool_calls", torch.tensor(-1)), "n_tool_calls"),
@@ -49,6 +74,13 @@ def test_validator_names_the_offending_field(mutate, field):
     mutate(r)
     with pytest.raises(SchemaError, match=field):
         validate_row(r)
+
+
+def test_validator_returns_the_rows_oldest_and_newest_version():
+    assert validate_row(row()) == (3, 4)
+    # no generated token: the row's own policy_version on both ends
+    r = row(loss_mask=[False] * 5, token_version=[-1] * 5, behavior_logp=[0.0] * 5, policy_version=2)
+    assert validate_row(r) == (2, 2)
 
 
 def test_vocab_bound():
