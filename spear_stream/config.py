@@ -97,6 +97,9 @@ class LearnerConfig:
     weight_decay: float = spec(0.01, lo=0.0)
     grad_clip: float = spec(1.0, lo=0.0)
     steps: int = spec(200, lo=0)
+    max_groups: int = spec(
+        0, lo=0, help="also stop once this many fresh groups were trained on (equal-data budgets); 0 = off"
+    )
     minibatches: int = spec(1, lo=1, help="optimizer steps per learner batch (one epoch)")
     micro_batch_tokens: int = spec(16384, lo=1)
     world_size: int = spec(1, lo=1)
@@ -178,6 +181,10 @@ class SILConfig:
 
     enabled: bool = False
     mode: Literal["stream", "paper"] = "stream"
+    # stream mode: "fixed" keeps the batch at groups_per_step groups' worth of rows, sil_fraction(t) of them replay
+    # (fewer fresh groups per step, same learner cost per step); "extra" adds the replay rows on top of
+    # groups_per_step fresh groups (each step costs 1 / (1 - sil_fraction) as much)
+    stream_batch: Literal["fixed", "extra"] = "fixed"
     capacity: int = spec(2048, lo=1, help="B_sil")
     baseline_size: int = spec(10240, lo=1, help="D_R FIFO length")
     tolerate_steps: int = spec(5, lo=0)

@@ -8,10 +8,11 @@ write a markdown table and a PNG of the success curves.
 Environment steps. One environment step is one call of ``env.step(action)``: one assistant turn acting in the
 environment (a tool call, a move, an answer). Episodes end early when solved, so the steps a run actually takes
 depend on its policy; the budget is therefore billed at the *nominal* rate: every episode costs its environment's
-turn cap, so a learner step costs ``groups_per_step x group_size x max_turns`` environment steps, whatever the
-policy does. With ``--env-steps E`` each recipe trains ``floor(E / that)`` learner steps, so recipes with different
-batch geometry still get the same budget; ``--steps N`` fixes the learner steps instead (and warns if that gives
-unequal budgets). Only trained-on episodes count: groups that an asynchronous run generated and then dropped as stale
+turn cap, so a trained group costs ``group_size x max_turns`` environment steps, whatever the policy does. With
+``--env-steps E`` each recipe trains until it has consumed ``floor(E / that)`` fresh groups (``learner.max_groups``),
+however many learner steps that takes: recipes with different batch geometry, or a SPEAR recipe whose fixed-size
+batches give a ``sil_fraction`` share to replay (``sil.stream_batch = "fixed"``, fewer fresh groups per step), all get
+the same budget. ``--steps N`` fixes the learner steps instead (and warns if that gives unequal budgets). Only trained-on episodes count: groups that an asynchronous run generated and then dropped as stale
 are not billed (they are in each run's ``metrics.jsonl``), and self-imitation replay reuses stored samples, so it
 costs backward passes, never environment steps.
 
@@ -41,6 +42,7 @@ from spear_stream.metrics import read_metrics
 SUCCESS = "rollout/success_rate"
 EVAL_AFTER, EVAL_BEFORE = "eval/after/sampled", "eval/before/sampled"
 ACTUAL_ENV_STEPS = "rollout/env_steps"  # used for the x axis when the trainer logs it (per learner step)
+FRESH_GROUPS = "learner/fresh_groups"  # fresh groups trained on per learner step (both trainers log it)
 
 
 @dataclass
@@ -50,6 +52,11 @@ class Recipe:
     cfg: Config
     env_steps_per_learner_step: int  # nominal: groups_per_step x group_size x turn cap
     learner_steps: int = 0
+    max_groups: int = 0  # the fresh-group budget (--env-steps); 0: learner_steps decides
+
+    @property
+    def env_steps_per_group(self) -> int:
+        return self.env_steps_per_learner_step // self.cfg.env.groups_per_step
 
 
 @dataclass
@@ -81,19 +88,28 @@ def env_steps_per_learner_step(cfg: Config) -> int:
     return cfg.env.groups_per_step * cfg.env.group_size * turn_cap(cfg)
 
 
-def learner_steps_for_budget(env_steps: int, per_step: int) -> int:
-    """The most learner steps whose nominal cost stays within ``env_steps`` (at least one)."""
-    return max(1, env_steps // per_step)
+def groups_for_budget(env_steps: int, per_group: int) -> int:
+    """The most fresh groups whose nominal cost stays within ``env_steps`` (at least one)."""
+    return max(1, env_steps // per_group)
 
 
 def plan_budget(recipes: list[Recipe], steps: int | None, env_steps: int | None) -> list[str]:
-    """Set each recipe's learner steps; return warnings about unequal budgets."""
+    """Set each recipe's budget (fresh groups, or learner steps); return warnings about unequal budgets."""
     for r in recipes:
         if env_steps is not None:
-            r.learner_steps = learner_steps_for_budget(env_steps, r.env_steps_per_learner_step)
+            r.max_groups = groups_for_budget(env_steps, r.env_steps_per_group)
+            r.learner_steps = (
+                r.max_groups
+            )  # an upper bound: every learner step trains at least one fresh group
         else:
+            r.max_groups = 0
             r.learner_steps = steps if steps is not None else r.cfg.learner.steps
-    budgets = {r.label: r.learner_steps * r.env_steps_per_learner_step for r in recipes}
+    budgets = {
+        r.label: r.max_groups * r.env_steps_per_group
+        if r.max_groups
+        else r.learner_steps * r.env_steps_per_learner_step
+        for r in recipes
+    }
     warnings = []
     if len(set(budgets.values())) > 1:
         detail = ", ".join(f"{k}: {v}" for k, v in budgets.items())
@@ -144,6 +160,8 @@ def train_command(recipe: Recipe, seed: int, run_dir: Path, model: str | None, e
         str(run_dir),
         "--learner.steps",
         str(recipe.learner_steps),
+        "--learner.max_groups",
+        str(recipe.max_groups),
         "--log.progress",
         "false",
     ]
@@ -152,10 +170,12 @@ def train_command(recipe: Recipe, seed: int, run_dir: Path, model: str | None, e
     return cmd + extra
 
 
-def is_complete(run_dir: Path, learner_steps: int) -> bool:
+def is_complete(run_dir: Path, recipe: Recipe) -> bool:
     rows = read_metrics(run_dir)
     last = max((int(r.get("step", 0)) for r in rows), default=0)
-    return last >= learner_steps and (run_dir / "final").exists()
+    groups = sum(float(r.get(FRESH_GROUPS) or 0.0) for r in rows)
+    done = last >= recipe.learner_steps or (recipe.max_groups > 0 and groups >= recipe.max_groups)
+    return done and (run_dir / "final").exists()
 
 
 def run_one(cmd: list[str], run_dir: Path) -> str:
@@ -217,7 +237,7 @@ def train_all(
     for r in recipes:
         for s in seeds:
             run_dir = out / "runs" / r.label / f"seed{s}"
-            if is_complete(run_dir, r.learner_steps):
+            if is_complete(run_dir, r):
                 print(f"{r.label} seed {s}: complete, reused", flush=True)
                 continue
             todo.append((r.label, s, train_command(r, s, run_dir, model, extra), run_dir))
@@ -240,7 +260,8 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def read_run(run_dir: Path, seed: int, per_step: int) -> RunResult:
+def read_run(run_dir: Path, seed: int, per_step: int, per_group: int) -> RunResult:
+    """One run's curves and timings; nominal env steps count the fresh groups each step trained on."""
     res = RunResult(seed, run_dir)
     rows = read_metrics(run_dir)
     if not rows:
@@ -255,7 +276,9 @@ def read_run(run_dir: Path, seed: int, per_step: int) -> RunResult:
             if r.get(ACTUAL_ENV_STEPS) is not None:
                 res.actual_env_steps = True
                 total_env += float(r[ACTUAL_ENV_STEPS])
-            else:
+            elif r.get(FRESH_GROUPS) is not None:
+                total_env += float(r[FRESH_GROUPS]) * per_group
+            else:  # runs from before the trainers logged their fresh groups
                 total_env = float(r["step"]) * per_step
             res.env_steps.append(total_env)
         if r.get("time/step_s") is not None:  # streaming trainer: the learner waited time/wait_s for data
@@ -299,7 +322,7 @@ def baseline_of(label: str, labels: list[str]) -> str | None:
 
 
 def summarise(recipes: list[Recipe], results: dict[str, list[RunResult]]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in recipes:
         runs = [x for x in results.get(r.label, []) if not x.error]
         learner = _mean([x.learner_s_per_step for x in runs if x.learner_s_per_step is not None])
@@ -310,8 +333,7 @@ def summarise(recipes: list[Recipe], results: dict[str, list[RunResult]]) -> lis
                 "seeds": [x.seed for x in runs],
                 "failed": [x.seed for x in results.get(r.label, []) if x.error],
                 "learner_steps": max((x.steps[-1] for x in runs if x.steps), default=0),
-                "env_steps_nominal": max((x.steps[-1] for x in runs if x.steps), default=0)
-                * r.env_steps_per_learner_step,
+                "env_steps_nominal": round(max((x.env_steps[-1] for x in runs if x.env_steps), default=0.0)),
                 "eval_after": [x.eval_after for x in runs],
                 "eval_before": [x.eval_before for x in runs],
                 "train_final": [final_train_success(x) for x in runs],
@@ -325,8 +347,8 @@ def summarise(recipes: list[Recipe], results: dict[str, list[RunResult]]) -> lis
         row["baseline"] = base
         b = by_label[base] if base else None
         for key in ("learner_s_per_step", "wall_s_per_step"):
-            ok = b is not None and row[key] is not None and b[key]
-            row[key.replace("_s_per_step", "_ratio")] = row[key] / b[key] if ok else None
+            ratio = row[key] / b[key] if b is not None and row[key] is not None and b[key] else None
+            row[key.replace("_s_per_step", "_ratio")] = ratio
     return rows
 
 
@@ -350,7 +372,7 @@ def markdown_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
         "eval.temperature) before and after RL. *train success*: rollout success over the last 10% of learner steps.",
         "*learner s/step*: learner time per step without waiting for rollouts (streaming: time/step_s - time/wait_s;",
         "in-process: time/train_s), mean over runs after the first two steps; the ratio compares a `*_spear` recipe",
-        "with the same recipe without SPEAR. *env steps (nominal)*: learner steps x groups_per_step x group_size x the",
+        "with the same recipe without SPEAR. *env steps (nominal)*: fresh groups trained on x group_size x the",
         "environment's turn cap (tools/compare_recipes.py explains the budget).",
     ]
     return "\n".join(lines + legend + [f"\nNote: {n}" for n in notes]) + "\n"
@@ -415,7 +437,12 @@ def recipes_from_run_dirs(dirs: list[str]) -> tuple[list[Recipe], dict[str, list
         if cfg.name not in recipes:
             recipes[cfg.name] = Recipe(cfg.name, None, cfg, env_steps_per_learner_step(cfg))
         results.setdefault(cfg.name, []).append(
-            read_run(Path(d), cfg.seed, recipes[cfg.name].env_steps_per_learner_step)
+            read_run(
+                Path(d),
+                cfg.seed,
+                recipes[cfg.name].env_steps_per_learner_step,
+                recipes[cfg.name].env_steps_per_group,
+            )
         )
     return list(recipes.values()), results
 
@@ -486,7 +513,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         results = {
             r.label: [
-                read_run(out / "runs" / r.label / f"seed{s}", s, r.env_steps_per_learner_step)
+                read_run(
+                    out / "runs" / r.label / f"seed{s}",
+                    s,
+                    r.env_steps_per_learner_step,
+                    r.env_steps_per_group,
+                )
                 for s in args.seeds
             ]
             for r in recipes

@@ -15,7 +15,7 @@ import torch
 
 from envs import Task
 from spear_stream.algo.curriculum import Curriculum
-from spear_stream.config import Config, to_toml
+from spear_stream.config import Config, ConfigError, to_toml
 from spear_stream.learner.parallel import clip_grad_norm
 from spear_stream.learner.step import loss_over_rows, loss_token_count, minibatch_bounds, prepare_batch
 from spear_stream.metrics import MetricsLogger
@@ -41,6 +41,11 @@ def train_tasks(rng: random.Random, step: int, n: int) -> list[Task]:
 
 class LocalTrainer:
     def __init__(self, cfg: Config) -> None:
+        if cfg.sil.enabled:  # the replay lives on the streaming learner's rank 0 (learner/rank0.py)
+            raise ConfigError(
+                "sil.enabled needs the streaming trainer: set rollout.num_workers >= 1 "
+                "(the in-process reference trainer, num_workers = 0, has no self-imitation replay)"
+            )
         self.cfg = cfg
         set_threads(cfg.learner.num_threads)
         torch.manual_seed(cfg.seed)
@@ -101,6 +106,7 @@ class LocalTrainer:
             {
                 "rollout/tokens_per_s": n_generated / max(t_rollout, 1e-9),
                 "rollout/trajectories": float(len(groups) * c.env.group_size),
+                "learner/fresh_groups": float(len(groups)),
                 "time/rollout_s": t_rollout,
                 "time/train_s": time.time() - t1,
             }
@@ -145,7 +151,11 @@ class LocalTrainer:
                 results["before/greedy"] = self.evaluate(0.0)
         t0 = time.time()
         with progress("train", total=c.learner.steps, enabled=c.log.progress) as bar:
-            while self.step < c.learner.steps:
+            # every step trains groups_per_step fresh groups: learner.max_groups caps the steps
+            budget = c.learner.max_groups
+            while self.step < c.learner.steps and not (
+                budget and self.step * c.env.groups_per_step >= budget
+            ):
                 m = self.train_step()
                 self.metrics.log(self.step, m)
                 line = (

@@ -79,6 +79,7 @@ class StreamingTrainer:
         self.sil_algo = dataclasses.replace(cfg.algo, loss=dataclasses.replace(cfg.algo.loss, kind="ppo"))
         self.step = 0
         self.version = 0
+        self.groups_trained = 0  # fresh groups trained on (learner.max_groups)
         self.hub: RolloutHub | None = None
         self.metrics: MetricsLogger | None = None
         if self.is_main:
@@ -97,6 +98,7 @@ class StreamingTrainer:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run_dir}/checkpoints")
         extra = load_checkpoint(path, self.model, self.optimizer)
         self.step, self.version = int(extra["step"]), int(extra["version"])
+        self.groups_trained = int(extra.get("groups_trained", 0))
         self.curriculum.load_state_dict(extra["curriculum"])
         self.generator.set_state(extra["generator"])
         if self.hub is not None:
@@ -109,11 +111,17 @@ class StreamingTrainer:
         extra = {
             "step": self.step,
             "version": self.version,
+            "groups_trained": self.groups_trained,
             "curriculum": self.curriculum.state_dict(),
             "generator": self.generator.get_state(),
             "hub": self.hub.state_dict() if self.hub is not None else None,
         }
         return save_checkpoint(checkpoint_path(self.run_dir, self.step), self.model, self.optimizer, extra)
+
+    def done(self) -> bool:
+        """``learner.steps`` taken, or the ``learner.max_groups`` budget of fresh groups spent."""
+        budget = self.cfg.learner.max_groups
+        return self.step >= self.cfg.learner.steps or (budget > 0 and self.groups_trained >= budget)
 
     # ------------------------------------------------------------------ one step
     def _plan(self, rows, advantages, keep, weights=None) -> list[RankWork]:
@@ -222,11 +230,14 @@ class StreamingTrainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         sums["loss/grad_norm"] /= len(my_steps) * self.info.world_size  # each rank adds the same global norm
+        if self.hub is not None:  # only rank 0 knows; the sum tells every rank (for the max_groups budget)
+            sums["learner/fresh_groups"] = float(self.hub.fresh_groups_in_batch)
         totals = sum_across_ranks(sums)
+        self.groups_trained += int(totals.get("learner/fresh_groups", 0))
         totals["learner/optimizer_steps"] = float(len(my_steps))
         self.step += 1
         self.version += 1
-        if self.step % values.sync_every == 0 or self.step >= c.learner.steps:
+        if self.step % values.sync_every == 0 or self.done():
             totals |= self.publish()
         t_total = time.time() - t0
         totals |= metrics | self.curriculum.metrics(self.step - 1)
@@ -263,7 +274,7 @@ class StreamingTrainer:
             ):  # workers start from model.path: hand them the resumed weights first (collective)
                 self.publish()
             with progress("train", total=c.learner.steps, enabled=c.log.progress and self.is_main) as bar:
-                while self.step < c.learner.steps:
+                while not self.done():
                     m = self.train_step()
                     if self.hub is not None and self.metrics is not None:
                         m |= self.hub.metrics()

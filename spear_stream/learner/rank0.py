@@ -50,6 +50,9 @@ class RolloutHub:
         )
         self.sil_rows_trained = 0
         self.fresh_rows_trained = 0
+        self.fresh_groups_trained = 0
+        self.fresh_groups_in_batch = cfg.env.groups_per_step  # of the batch being trained
+        self.sil_share_groups = 0  # groups' worth of the batch given to replay ("fixed" stream batches)
         self.publisher = make_publisher(cfg.sync.method, run_dir=run_dir, timeout_s=cfg.sync.timeout_s)
         self.supervisor = WorkerSupervisor(
             cfg.rollout.num_workers,
@@ -119,9 +122,29 @@ class RolloutHub:
                 continue
             free -= 1
 
+    def fresh_groups_for_step(self, values: CurriculumValues) -> int:
+        """Fresh groups the next batch takes: ``groups_per_step``, less the SIL share in stream mode with
+        ``sil.stream_batch = "fixed"`` (the batch keeps its size; replay rows take ``sil_fraction(t)`` of it).
+
+        The share is capped by what the SIL buffer can supply without repeating rows (eligible rows counted in
+        trajectories of one row each, as in chat mode), so an empty buffer never shrinks the batch.
+        """
+        per_step = self.cfg.env.groups_per_step
+        if self.sil is None or values.gamma <= 0.0 or self.cfg.sil.mode != "stream":
+            return per_step
+        if self.cfg.sil.stream_batch != "fixed":
+            return per_step
+        batch_rows = per_step * self.cfg.env.group_size
+        share = min(values.sil_fraction, self.sil.num_eligible() / batch_rows)
+        return max(1, per_step - round(share * per_step))
+
     def next_batch(self, version: int, values: CurriculumValues) -> list[TensorDictBase]:
-        """Wait until ``groups_per_step`` usable groups are buffered; return their rows (consumed)."""
-        need = self.cfg.env.groups_per_step
+        """Wait until the step's fresh groups (:meth:`fresh_groups_for_step`) are buffered; return their rows."""
+        need = self.fresh_groups_for_step(values)
+        self.sil_share_groups = self.cfg.env.groups_per_step - need
+        if self.cfg.learner.max_groups:  # the last step of a group budget takes only what is left of it
+            need = max(1, min(need, self.cfg.learner.max_groups - self.fresh_groups_trained))
+        self.fresh_groups_in_batch = need
         deadline = time.monotonic() + max(600.0, 10 * self.cfg.sync.timeout_s)
         while True:
             self._supervise()
@@ -142,6 +165,7 @@ class RolloutHub:
         """Self-imitation bookkeeping once advantages are known: baseline FIFO of group means/stds, then entry of
         the rows with positive advantage (rows the Dr.BoT filters removed from the loss are not imitated)."""
         self.fresh_rows_trained += len(rows)
+        self.fresh_groups_trained += self.fresh_groups_in_batch
         if self.sil is None:
             return
         stats = group_stats(batch.rewards, batch.group_ids)
@@ -161,8 +185,12 @@ class RolloutHub:
             return None
         out: tuple[list[TensorDictBase], torch.Tensor, torch.Tensor | None] | None
         if self.cfg.sil.mode == "stream":
-            frac = values.sil_fraction
-            n = n_fresh_rows if frac >= 1.0 else round(frac * n_fresh_rows / (1.0 - frac))
+            if self.cfg.sil.stream_batch == "fixed":  # the groups next_batch left to replay, in rows
+                share = self.sil_share_groups
+                n = round(n_fresh_rows * share / (self.cfg.env.groups_per_step - share))
+            else:  # "extra": sil_fraction(t) of a batch grown beyond the fresh rows
+                frac = values.sil_fraction
+                n = n_fresh_rows if frac >= 1.0 else round(frac * n_fresh_rows / (1.0 - frac))
             rows, a_tilde, weights = self.sil.sample(n, generator)
             out = None if rows is None else (list(rows.unbind(0)), a_tilde, weights)
         elif self.sil.ready():
@@ -208,6 +236,8 @@ class RolloutHub:
             out |= {k: float(v) for k, v in self.sil.stats().items()}
         total = self.sil_rows_trained + self.fresh_rows_trained
         out["replay/sil_fraction"] = self.sil_rows_trained / max(total, 1)
+        out["replay/fresh_groups_trained"] = float(self.fresh_groups_trained)
+        out["replay/fresh_groups_in_batch"] = float(self.fresh_groups_in_batch)
         out |= {
             "rollout/trajectories_per_s": self.received_trajectories / elapsed,
             "rollout/tokens_per_s": self.received_tokens / elapsed,
@@ -227,6 +257,7 @@ class RolloutHub:
                 self.received_trajectories,
                 self.sil_rows_trained,
                 self.fresh_rows_trained,
+                self.fresh_groups_trained,
             ],
         }
 
@@ -235,6 +266,8 @@ class RolloutHub:
         self.receiver.load_state_dict(state["receiver"])
         if self.sil is not None and state["sil"] is not None:
             self.sil.load_state_dict(state["sil"])
+        counts = list(state["counts"])
         (self.received_groups, self.received_trajectories, self.sil_rows_trained, self.fresh_rows_trained) = (
-            state["counts"]
+            counts[:4]
         )
+        self.fresh_groups_trained = counts[4] if len(counts) > 4 else 0  # absent from older checkpoints

@@ -150,7 +150,9 @@ SIL_ON = [
 
 def test_stream_sil_batches_mix_the_configured_fraction(demo_like_model_dir, tmp_path):
     run = tmp_path / "run"
-    result = _run(_train_cmd(demo_like_model_dir, run, "--learner.steps", "5", *SIL_ON))
+    result = _run(
+        _train_cmd(demo_like_model_dir, run, "--learner.steps", "5", *SIL_ON, "--sil.stream_batch", "extra")
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     metrics = [m for m in read_metrics(run) if "loss/policy" in m]
     mixed = [m for m in metrics if m.get("replay/sil_rows_in_batch", 0) > 0]
@@ -160,6 +162,26 @@ def test_stream_sil_batches_mix_the_configured_fraction(demo_like_model_dir, tmp
         assert m["replay/sil_rows_in_batch"] == 5
         assert abs(m["replay/sil_batch_fraction"] - 0.25) < 0.02
         assert "loss_sil/policy" in m and m["curriculum/gamma"] == 1.0
+
+
+def test_fixed_stream_batches_keep_their_size_and_a_group_budget_stops_training(
+    demo_like_model_dir, tmp_path
+):
+    run = tmp_path / "run"
+    budget = ["--learner.steps", "50", "--learner.max_groups", "13"]
+    result = _run(_train_cmd(demo_like_model_dir, run, *budget, *SIL_ON, "--sil.stream_batch", "fixed"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    metrics = [m for m in read_metrics(run) if "loss/policy" in m]
+    mixed = [m for m in metrics if m.get("replay/sil_rows_in_batch", 0) > 0]
+    assert mixed, "no batch drew from the SIL buffer"
+    for m in mixed[:-1]:  # (the last step may be cut short by the budget)
+        # 4 groups of 4 per step, sil_fraction 0.25: 1 group's worth (4 rows) replayed, 3 fresh groups
+        assert m["replay/fresh_groups_in_batch"] == 3 and m["replay/sil_rows_in_batch"] == 4
+        assert m["replay/sil_batch_fraction"] == 0.25
+    # the budget: exactly 13 fresh groups, however many learner steps that took
+    assert metrics[-1]["replay/fresh_groups_trained"] == 13
+    assert sum(m["learner/fresh_groups"] for m in metrics) == 13
+    assert len(metrics) < 50 and (run / "final" / "model.safetensors").exists()
 
 
 def test_resume_continues_step_version_and_parameters(demo_like_model_dir, tmp_path):

@@ -234,8 +234,9 @@ def test_budget_is_billed_at_the_turn_cap(compare):
     assert compare.turn_cap(cfg) == math.ceil(math.log2(15 + 1)) + 1  # N = 15: 5 turns
     per_step = compare.env_steps_per_learner_step(cfg)
     assert per_step == 16 * 8 * 5
-    assert compare.learner_steps_for_budget(10 * per_step + 1, per_step) == 10
-    assert compare.learner_steps_for_budget(1, per_step) == 1
+    per_group = 8 * 5
+    assert compare.groups_for_budget(10 * per_group + 1, per_group) == 10
+    assert compare.groups_for_budget(1, per_group) == 1
 
 
 def test_equal_env_step_budget_across_batch_geometries(compare):
@@ -244,7 +245,11 @@ def test_equal_env_step_budget_across_batch_geometries(compare):
     for r in (a, b):
         r.env_steps_per_learner_step = compare.env_steps_per_learner_step(r.cfg)
     assert compare.plan_budget([a, b], None, 100 * a.env_steps_per_learner_step) == []
-    assert (a.learner_steps, b.learner_steps) == (100, 200)
+    # the same fresh-group budget (1600 groups), whatever the groups per step; steps are only an upper bound
+    assert (a.max_groups, b.max_groups) == (1600, 1600)
+    a.path = Path("a.toml")
+    cmd = compare.train_command(a, 0, Path("run"), None, [])
+    assert cmd[cmd.index("--learner.max_groups") + 1] == "1600"
     assert compare.plan_budget([a, b], 10, None)  # equal learner steps, unequal budgets: a warning
 
 
@@ -255,8 +260,10 @@ def _write_run(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def test_reads_runs_and_reports_the_spear_overhead(compare, tmp_path: Path):
     def run(label: str, seed: int, success: float, learn_s: float) -> None:
-        rows = [{"step": t, "rollout/success_rate": success, "time/step_s": learn_s + 1.0, "time/wait_s": 1.0}
-                for t in range(1, 8)]  # fmt: skip
+        # the SPEAR recipe trains fewer fresh groups per step (a fixed-size batch shared with replay)
+        groups = 12 if label.endswith("_spear") else 16
+        rows = [{"step": t, "rollout/success_rate": success, "time/step_s": learn_s + 1.0, "time/wait_s": 1.0,
+                 "learner/fresh_groups": groups} for t in range(1, 8)]  # fmt: skip
         rows.append({"step": 7, "eval/before/sampled": 0.1, "eval/after/sampled": success})
         _write_run(tmp_path / label / f"seed{seed}", rows)
 
@@ -265,12 +272,13 @@ def test_reads_runs_and_reports_the_spear_overhead(compare, tmp_path: Path):
         run("x-grpo_spear", seed, s + 0.1, 2.5)
     cfg = load_config(None)
     recipes = [compare.Recipe(label, None, cfg, 640) for label in ("x-grpo", "x-grpo_spear")]
-    results = {r.label: [compare.read_run(tmp_path / r.label / f"seed{s}", s, 640) for s in (0, 1)]
+    results = {r.label: [compare.read_run(tmp_path / r.label / f"seed{s}", s, 640, 40) for s in (0, 1)]
                for r in recipes}  # fmt: skip
     rows = compare.summarise(recipes, results)
     assert rows[0]["learner_s_per_step"] == pytest.approx(2.0)
     assert rows[1]["learner_ratio"] == pytest.approx(1.25) and rows[1]["baseline"] == "x-grpo"
     assert rows[1]["eval_after"] == pytest.approx([0.6, 0.8]) and rows[0]["env_steps_nominal"] == 7 * 640
+    assert rows[1]["env_steps_nominal"] == 7 * 12 * 40  # billed by the fresh groups actually trained on
     table = compare.markdown_table(rows, [])
     assert "60.0 ± 14.1%" in table and "70.0 ± 14.1%" in table and "1.25x x-grpo" in table
     compare.plot_curves(results, tmp_path / "success.png", 3, "test")
