@@ -71,6 +71,7 @@ class RunResult:
     eval_before: float | None = None
     wall_s_per_step: float | None = None
     learner_s_per_step: float | None = None
+    learner_s_total: float | None = None  # every step, start-up included: the run's whole learner bill
     error: str = ""
 
 
@@ -292,6 +293,7 @@ def read_run(run_dir: Path, seed: int, per_step: int, per_group: int) -> RunResu
     # The first steps include start-up (model load, first batch): skip them when there are enough.
     skip = 2 if len(walls) > 4 else 0
     res.wall_s_per_step, res.learner_s_per_step = _mean(walls[skip:]), _mean(learns[skip:])
+    res.learner_s_total = sum(learns) if learns else None
     return res
 
 
@@ -339,6 +341,7 @@ def summarise(recipes: list[Recipe], results: dict[str, list[RunResult]]) -> lis
                 "train_final": [final_train_success(x) for x in runs],
                 "wall_s_per_step": wall,
                 "learner_s_per_step": learner,
+                "learner_s_total": _mean([x.learner_s_total for x in runs if x.learner_s_total is not None]),
             }
         )
     by_label = {row["recipe"]: row for row in rows}
@@ -346,25 +349,32 @@ def summarise(recipes: list[Recipe], results: dict[str, list[RunResult]]) -> lis
         base = baseline_of(row["recipe"], list(by_label))
         row["baseline"] = base
         b = by_label[base] if base else None
-        for key in ("learner_s_per_step", "wall_s_per_step"):
-            ratio = row[key] / b[key] if b is not None and row[key] is not None and b[key] else None
-            row[key.replace("_s_per_step", "_ratio")] = ratio
+        for key, name in (
+            ("learner_s_per_step", "learner_ratio"),
+            ("wall_s_per_step", "wall_ratio"),
+            ("learner_s_total", "learner_total_ratio"),
+        ):
+            row[name] = row[key] / b[key] if b is not None and row[key] is not None and b[key] else None
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
     head = (
         "| recipe | seeds | learner steps | env steps (nominal) | eval success after | eval before | "
-        "train success (last steps) | wall s/step | learner s/step | learner time vs baseline |"
+        "train success (last steps) | wall s/step | learner s/step | learner s/step vs baseline | "
+        "learner s in all | learner s in all vs baseline |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 12]
     for row in rows:
         ratio = f"{row['learner_ratio']:.2f}x {row['baseline']}" if row["learner_ratio"] is not None else "-"
+        total = row["learner_s_total"]
+        total_ratio = row["learner_total_ratio"]
         seeds = ",".join(map(str, row["seeds"])) + (f" (failed: {row['failed']})" if row["failed"] else "")
         lines.append(
             f"| {row['recipe']} | {seeds or '-'} | {row['learner_steps']} | {row['env_steps_nominal']:,} | "
             f"{_fmt(row['eval_after'])} | {_fmt(row['eval_before'])} | {_fmt(row['train_final'])} | "
-            f"{_fmt([row['wall_s_per_step']], pct=False)} | {_fmt([row['learner_s_per_step']], pct=False)} | {ratio} |"
+            f"{_fmt([row['wall_s_per_step']], pct=False)} | {_fmt([row['learner_s_per_step']], pct=False)} | {ratio} | "
+            f"{'-' if total is None else f'{total:.0f}'} | {'-' if total_ratio is None else f'{total_ratio:.2f}x'} |"
         )
     legend = [
         "",
@@ -372,8 +382,10 @@ def markdown_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
         "eval.temperature) before and after RL. *train success*: rollout success over the last 10% of learner steps.",
         "*learner s/step*: learner time per step without waiting for rollouts (streaming: time/step_s - time/wait_s;",
         "in-process: time/train_s), mean over runs after the first two steps; the ratio compares a `*_spear` recipe",
-        "with the same recipe without SPEAR. *env steps (nominal)*: fresh groups trained on x group_size x the",
-        "environment's turn cap (tools/compare_recipes.py explains the budget).",
+        "with the same recipe without SPEAR. *learner s in all*: the learner time of a whole run (every step), mean over",
+        "runs: at an equal environment-step budget a SPEAR recipe with fixed-size batches takes more, equally dear, steps.",
+        "*env steps (nominal)*: fresh groups trained on x group_size x the environment's turn cap",
+        "(tools/compare_recipes.py explains the budget).",
     ]
     return "\n".join(lines + legend + [f"\nNote: {n}" for n in notes]) + "\n"
 

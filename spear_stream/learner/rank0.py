@@ -102,7 +102,9 @@ class RolloutHub:
         workers = self.receiver.workers
         if not workers:
             return
-        per_step = self.cfg.env.groups_per_step
+        # what the learner will take per step (fewer than groups_per_step when replay fills part of the batch):
+        # granting for groups_per_step would let groups wait past max_staleness and be dropped
+        per_step = self.fresh_groups_for_step(values)
         if self.cfg.sync.mode == "sync":
             # Reference behaviour: one batch of credits per published version, generated entirely by it.
             budget = per_step - self.fresh.num_groups

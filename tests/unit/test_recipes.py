@@ -277,10 +277,14 @@ def test_reads_runs_and_reports_the_spear_overhead(compare, tmp_path: Path):
     rows = compare.summarise(recipes, results)
     assert rows[0]["learner_s_per_step"] == pytest.approx(2.0)
     assert rows[1]["learner_ratio"] == pytest.approx(1.25) and rows[1]["baseline"] == "x-grpo"
+    assert rows[1]["learner_s_total"] == pytest.approx(7 * 2.5) and rows[1][
+        "learner_total_ratio"
+    ] == pytest.approx(1.25)
     assert rows[1]["eval_after"] == pytest.approx([0.6, 0.8]) and rows[0]["env_steps_nominal"] == 7 * 640
     assert rows[1]["env_steps_nominal"] == 7 * 12 * 40  # billed by the fresh groups actually trained on
     table = compare.markdown_table(rows, [])
     assert "60.0 ± 14.1%" in table and "70.0 ± 14.1%" in table and "1.25x x-grpo" in table
+    assert "| 18 | 1.25x |" in table  # 17.5 s of learner time in all, rounded
     compare.plot_curves(results, tmp_path / "success.png", 3, "test")
     assert (tmp_path / "success.png").stat().st_size > 0
 
