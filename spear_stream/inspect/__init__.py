@@ -12,6 +12,7 @@ possible) only when rows are decoded. Modules:
 * :mod:`~spear_stream.inspect.decode`: token ids to text, with loss-masked spans marked.
 * :mod:`~spear_stream.inspect.follow`: the live summary of ``spear-replay follow``.
 * :mod:`~spear_stream.inspect.charts`: PNG charts of one or several runs' metrics.
+* :mod:`~spear_stream.inspect.compare_report`: the table and curves of ``tools/compare_recipes.py``.
 """
 
 from __future__ import annotations
