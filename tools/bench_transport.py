@@ -26,7 +26,7 @@ import zmq
 from spear_stream.config import TransportConfig
 from spear_stream.schema import make_row, validate_row
 from spear_stream.transport import RolloutReceiver, RolloutSender
-from spear_stream.transport.codec import encode_control, parse_header, rebuild_consolidated
+from spear_stream.transport.codec import encode_control, from_wire, parse_header, rebuild_consolidated
 from spear_stream.utils import keep_large_buffers
 
 TOKEN = "bench"
@@ -139,7 +139,9 @@ def receive_unvalidated(conn: Connection, nbytes: int, n_rows: int, n_messages: 
                 sock.send_multipart([identity.bytes, encode_control(TOKEN, "credit", n=WINDOW)])
             if header["kind"] != "group":
                 continue
-            rows = rebuild_consolidated(header["meta"], torch.frombuffer(frames[1].buffer, dtype=torch.uint8))
+            rows = from_wire(
+                rebuild_consolidated(header["meta"], torch.frombuffer(frames[1].buffer, dtype=torch.uint8))
+            )
             assert len(rows.tensordicts) == n_rows
             sock.send_multipart([identity.bytes, encode_control(TOKEN, "credit", n=1)])
             times.append(time.perf_counter())
@@ -158,7 +160,7 @@ def main() -> None:
     parser.add_argument(
         "--rows", type=int, default=8, help="rows per group (the encode/decode cost is per row)"
     )
-    parser.add_argument("--megabytes-per-run", type=float, default=1000.0, help="data sent per measurement")
+    parser.add_argument("--megabytes-per-run", type=float, default=3000.0, help="data sent per measurement")
     parser.add_argument("--max-messages", type=int, default=300)
     parser.add_argument(
         "--repeats", type=int, default=3, help="measurements per size (the median is printed)"

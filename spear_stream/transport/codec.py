@@ -2,15 +2,19 @@
 
 Wire format of one group (worker -> learner), two frames:
 
-* frame 0: UTF-8 JSON header ``{"schema_version", "run_token", "worker_id", "seq", "kind": "group", "n_rows",
-  "policy_versions": [oldest, newest], "meta": <consolidated tensordict metadata>}``;
-* frame 1: the raw ``uint8`` buffer of ``lazy_stack(rows).consolidate(metadata=True)``, sent zero-copy.
+* frame 0: UTF-8 JSON header ``{"schema_version", "run_token", "worker_id", "seq", "kind": "group", "wire",
+  "n_rows", "policy_versions": [oldest, newest], "meta": <consolidated tensordict metadata>}``;
+* frame 1: the raw ``uint8`` buffer of the group's consolidated TensorDict (below), sent zero-copy.
 
 Worker control messages (``hello`` / ``heartbeat`` / ``bye``) are the same header without the group keys, alone.
 Learner -> worker control is one JSON frame ``{"run_token", "kind": "credit" | "weights" | "stop", ...}``.
 
-The rows always travel as a lazy stack (one consolidated buffer, one metadata entry per row), so ragged rows
-round-trip bit-exactly and the receiver rebuilds them as views into the received frame (no copy).
+Layout (``wire`` = :data:`WIRE_FORMAT`): a ``TensorDict`` of batch ``[n_rows]`` whose ``"tokens"`` entry is a lazy
+stack of the rows' four per-token fields (ragged rows round-trip bit-exactly) and whose other entries are the 20
+scalar fields stacked into ``[n_rows]`` tensors. Why columnar scalars: tensordict's consolidate and rebuild cost
+tens of microseconds per leaf, and a row has 20 scalars against 4 token fields; one leaf per scalar field instead of
+one per row and field made a 1 MB group of 8 rows 5x cheaper to encode (tools/bench_transport.py). The receiver
+rebuilds the rows as views into the received frame (no copy).
 
 tensordict has no public "rebuild from (metadata, buffer)" call: :func:`rebuild_consolidated` wraps the private
 one (pinned by ``tensordict>=0.14.3,<0.15``; ``tests/unit/test_transport.py`` guards it with a round trip). The
@@ -25,11 +29,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tensordict import LazyStackedTensorDict, TensorDictBase, lazy_stack
+from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, lazy_stack
 
-from spear_stream.schema import ALL_FIELDS, SCHEMA_VERSION, SchemaError, validate_row
+from spear_stream.schema import (
+    ALL_FIELDS,
+    SCALAR_FIELDS,
+    SCHEMA_VERSION,
+    TOKEN_FIELDS,
+    SchemaError,
+    validate_row,
+)
 
 KIND_GROUP = "group"
+WIRE_FORMAT = 2  # 1: a lazy stack of whole rows; 2: token fields lazily stacked, scalar fields stacked
+_TOKENS = "tokens"  # the wire TensorDict's entry holding the lazy stack of per-token fields
 CONTROL_FIELDS: dict[str, dict[str, type]] = {
     "credit": {"n": int},
     "weights": {"version": int, "location": str},
@@ -42,8 +55,8 @@ _HEADER_TYPES: dict[str, type] = {
     "seq": int,
     "kind": str,
 }
-_GROUP_TYPES: dict[str, type] = {"n_rows": int, "policy_versions": list, "meta": dict}
-_ROW_META_KEYS = {"cls", "non_tensors", "leaves", "cls_metadata"}
+_GROUP_TYPES: dict[str, type] = {"wire": int, "n_rows": int, "policy_versions": list, "meta": dict}
+_TD_META_KEYS = {"cls", "non_tensors", "leaves", "cls_metadata"}
 _ALLOWED_DTYPES = {str(dtype) for dtype in ALL_FIELDS.values()}
 
 
@@ -99,17 +112,38 @@ def parse_control(frame: bytes, run_token: bytes) -> dict[str, Any] | None:
     return None if message["kind"] == "credit" and message["n"] <= 0 else message
 
 
+def to_wire(rows: LazyStackedTensorDict) -> TensorDict:
+    """The columnar group TensorDict that travels (module docstring); shares the rows' token tensors."""
+    items = rows.tensordicts
+    scalars = {key: torch.stack([row.get(key) for row in items]) for key in SCALAR_FIELDS}
+    tokens = lazy_stack([row.select(*TOKEN_FIELDS) for row in items])
+    return TensorDict({_TOKENS: tokens, **scalars}, batch_size=[len(items)])
+
+
+def from_wire(wire: TensorDictBase) -> LazyStackedTensorDict:
+    """Inverse of :func:`to_wire`: a lazy stack of schema rows, every field a view into ``wire``."""
+    columns = {key: wire.get(key) for key in SCALAR_FIELDS}
+    token_rows = wire.get(_TOKENS).tensordicts
+    return lazy_stack(
+        [
+            TensorDict({**dict(tok.items()), **{k: v[i] for k, v in columns.items()}}, batch_size=[])
+            for i, tok in enumerate(token_rows)
+        ]
+    )
+
+
 def encode_group(
     rows: Sequence[TensorDictBase] | TensorDictBase, *, run_token: str, worker_id: int, seq: int
 ) -> list[bytes | memoryview]:
     """Frames ``[header, buffer]`` for ``send_multipart(..., copy=False)``; the buffer is a view, not a copy."""
     stack = as_row_stack(rows)
-    consolidated = stack.consolidate(metadata=True)
+    consolidated = to_wire(stack).consolidate(metadata=True)
     header = worker_header(
         KIND_GROUP,
         run_token=run_token,
         worker_id=worker_id,
         seq=seq,
+        wire=WIRE_FORMAT,
         n_rows=len(stack.tensordicts),
         policy_versions=list(group_versions(stack)),
         meta=consolidated._consolidated["metadata"],
@@ -162,6 +196,8 @@ def decode_group(
     ``payload`` is anything exposing the buffer protocol (a ``zmq.Frame``, ``memoryview``, ``bytes``). Rows are
     views into it: clone before writing in place. Raises :class:`DecodeError` for anything wrong.
     """
+    if header["wire"] != WIRE_FORMAT:  # a worker from another build of spear_stream
+        raise DecodeError("wire_format", f"group wire format {header['wire']}, expected {WIRE_FORMAT}")
     view = memoryview(payload).cast("B")
     if view.readonly:
         # torch.frombuffer wants a writable buffer; zmq frames are writable, so only bytes pay this copy.
@@ -169,11 +205,11 @@ def decode_group(
     storage = torch.frombuffer(view, dtype=torch.uint8) if len(view) else torch.empty(0, dtype=torch.uint8)
     _check_meta(header["meta"], header["n_rows"], storage.numel())
     try:
-        rows = rebuild_consolidated(header["meta"], storage)
+        rows = from_wire(rebuild_consolidated(header["meta"], storage))
     except Exception as exc:  # the private rebuild raises assorted types on inconsistent input
         raise DecodeError("bad_payload", f"cannot rebuild rows ({type(exc).__name__}: {exc})") from None
-    if not isinstance(rows, LazyStackedTensorDict) or len(rows.tensordicts) != header["n_rows"]:
-        raise DecodeError("bad_payload", "payload is not a lazy stack of n_rows rows")
+    if len(rows.tensordicts) != header["n_rows"]:
+        raise DecodeError("bad_payload", "payload does not hold n_rows rows")
     oldest, newest = [], []
     for i, row in enumerate(rows.tensordicts):
         try:
@@ -190,58 +226,74 @@ def decode_group(
 
 
 def _check_meta(meta: dict[str, Any], n_rows: int, n_bytes: int) -> None:
-    """Accept only the metadata shape :func:`encode_group` produces: a lazy stack of flat schema rows.
+    """Accept only the metadata shape :func:`encode_group` produces (see :func:`to_wire`).
 
     Bounds every leaf inside the buffer and refuses non-tensor data, nested tensors and unknown classes, so
     the private rebuild only ever sees well-formed input.
     """
+    if set(meta) != {*_TD_META_KEYS, _TOKENS} or meta.get("cls") != "TensorDict" or meta["non_tensors"]:
+        raise DecodeError("bad_meta", f"meta must describe a columnar group (wire format {WIRE_FORMAT})")
+    _check_td_class_meta(meta["cls_metadata"], [n_rows], "group")
+    leaves = meta["leaves"]
+    if not isinstance(leaves, dict) or set(leaves) != set(SCALAR_FIELDS):
+        raise DecodeError("bad_meta", "the group's own leaves must be exactly the scalar fields")
+    for key, leaf in leaves.items():
+        _check_leaf("group", key, leaf, n_bytes, shape=[n_rows])
+    tokens = meta[_TOKENS]
     # Compare sizes first: n_rows is untrusted and must not size any allocation before it is checked.
-    if len(meta) != n_rows + len(_ROW_META_KEYS) or meta.get("cls") != "LazyStackedTensorDict":
-        raise DecodeError("bad_meta", f"meta must describe a lazy stack of {n_rows} rows")
-    if set(meta) != {*_ROW_META_KEYS, *map(str, range(n_rows))}:
-        raise DecodeError("bad_meta", f"meta must describe a lazy stack of {n_rows} rows")
-    cls_meta = meta["cls_metadata"]
+    if not isinstance(tokens, dict) or len(tokens) != n_rows + len(_TD_META_KEYS):
+        raise DecodeError("bad_meta", f"'{_TOKENS}' must be a lazy stack of {n_rows} rows")
+    if set(tokens) != {*_TD_META_KEYS, *map(str, range(n_rows))} or tokens["cls"] != "LazyStackedTensorDict":
+        raise DecodeError("bad_meta", f"'{_TOKENS}' must be a lazy stack of {n_rows} rows")
+    cls_meta = tokens["cls_metadata"]
     if (
-        meta["non_tensors"]
-        or meta["leaves"]
+        tokens["non_tensors"]
+        or tokens["leaves"]
         or not isinstance(cls_meta, dict)
         or cls_meta.get("stack_dim") != 0
     ):
         raise DecodeError("bad_meta", "lazy stack must be along dim 0 with no own leaves")
     for i in range(n_rows):
-        row = meta[str(i)]
-        if not isinstance(row, dict) or set(row) != _ROW_META_KEYS or row["cls"] != "TensorDict":
+        row = tokens[str(i)]
+        if not isinstance(row, dict) or set(row) != _TD_META_KEYS or row["cls"] != "TensorDict":
             raise DecodeError("bad_meta", f"row {i} meta must be a flat TensorDict")
-        cls_meta = row["cls_metadata"]
-        if row["non_tensors"] or not isinstance(cls_meta, dict) or cls_meta.get("batch_size") != []:
-            raise DecodeError("bad_meta", f"row {i} must have batch_size [] and no non-tensor data")
-        if (
-            set(cls_meta) - {"device", "names", "batch_size", "is_locked"}
-            or cls_meta.get("device") is not None
-        ):
-            raise DecodeError("bad_meta", f"row {i} has unexpected class metadata")
-        if not isinstance(row["leaves"], dict):
-            raise DecodeError("bad_meta", f"row {i} leaves must be a mapping")
+        if row["non_tensors"]:
+            raise DecodeError("bad_meta", f"row {i} must have no non-tensor data")
+        _check_td_class_meta(row["cls_metadata"], [], f"row {i}")
+        if not isinstance(row["leaves"], dict) or set(row["leaves"]) != set(TOKEN_FIELDS):
+            raise DecodeError("bad_meta", f"row {i} leaves must be exactly the per-token fields")
         for key, leaf in row["leaves"].items():
-            _check_leaf(i, key, leaf, n_bytes)
+            _check_leaf(f"row {i}", key, leaf, n_bytes)
 
 
-def _check_leaf(row: int, key: str, leaf: Any, n_bytes: int) -> None:
+def _check_td_class_meta(cls_meta: Any, batch_size: list[int], where: str) -> None:
+    if (
+        not isinstance(cls_meta, dict)
+        or cls_meta.get("batch_size") != batch_size
+        or set(cls_meta) - {"device", "names", "batch_size", "is_locked"}
+        or cls_meta.get("device") is not None
+    ):
+        raise DecodeError("bad_meta", f"{where} must be a CPU TensorDict of batch size {batch_size}")
+
+
+def _check_leaf(where: str, key: str, leaf: Any, n_bytes: int, shape: list[int] | None = None) -> None:
     if key not in ALL_FIELDS:
-        raise DecodeError("bad_row", f"row {row}: unknown field '{key}'")
+        raise DecodeError("bad_row", f"{where}: unknown field '{key}'")
     if not isinstance(leaf, list) or len(leaf) != 5:
-        raise DecodeError(
-            "bad_meta", f"row {row} field '{key}': leaf must be [dtype, shape, start, stop, pad]"
-        )
-    dtype, shape, start, stop, pad = leaf
+        raise DecodeError("bad_meta", f"{where} field '{key}': leaf must be [dtype, shape, start, stop, pad]")
+    dtype, leaf_shape, start, stop, pad = leaf
     if dtype not in _ALLOWED_DTYPES:
-        raise DecodeError("bad_row", f"row {row}: field '{key}' has dtype {dtype!r:.40}")
-    ints = [start, stop, pad, *shape] if isinstance(shape, list) else None
+        raise DecodeError("bad_row", f"{where}: field '{key}' has dtype {dtype!r:.40}")
+    ints = [start, stop, pad, *leaf_shape] if isinstance(leaf_shape, list) else None
     if ints is None or not all(type(v) is int and v >= 0 for v in ints) or not start <= stop <= n_bytes:
-        raise DecodeError("bad_meta", f"row {row} field '{key}': shape/offsets out of bounds")
+        raise DecodeError("bad_meta", f"{where} field '{key}': shape/offsets out of bounds")
+    if shape is not None and leaf_shape != shape:
+        raise DecodeError("bad_meta", f"{where} field '{key}': shape {leaf_shape}, expected {shape}")
     numel = 1
-    for dim in shape:
+    for dim in leaf_shape:
         numel *= dim
     itemsize = getattr(torch, dtype.removeprefix("torch.")).itemsize
     if numel * itemsize > stop - start:
-        raise DecodeError("bad_meta", f"row {row} field '{key}': shape {shape} does not fit its byte range")
+        raise DecodeError(
+            "bad_meta", f"{where} field '{key}': shape {leaf_shape} does not fit its byte range"
+        )

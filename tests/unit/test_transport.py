@@ -103,10 +103,22 @@ def test_rebuild_consolidated_guard() -> None:
 @pytest.mark.parametrize(
     ("tamper", "reason"),
     [
-        (lambda h: h["meta"]["0"]["leaves"]["tokens"].__setitem__(3, 10**9), "bad_meta"),
-        (lambda h: h["meta"]["0"]["non_tensors"].__setitem__("x", ["y", [], None]), "bad_meta"),
-        (lambda h: h["meta"].__setitem__("cls", "TensorDict"), "bad_meta"),
+        (lambda h: h["meta"]["tokens"]["0"]["leaves"]["tokens"].__setitem__(3, 10**9), "bad_meta"),
+        (lambda h: h["meta"]["tokens"]["0"]["non_tensors"].__setitem__("x", ["y", [], None]), "bad_meta"),
+        (lambda h: h["meta"]["tokens"].__setitem__("cls", "TensorDict"), "bad_meta"),
+        (lambda h: h["meta"].__setitem__("cls", "LazyStackedTensorDict"), "bad_meta"),
+        (
+            lambda h: h["meta"]["leaves"]["length"].__setitem__(1, [3]),
+            "bad_meta",
+        ),  # a scalar column of 3 rows
+        (lambda h: h["meta"]["leaves"].pop("task_id"), "bad_meta"),
+        (
+            lambda h: h["meta"]["tokens"]["1"]["leaves"].__setitem__("length", ["torch.int64", [], 0, 8, 0]),
+            "bad_meta",
+        ),
+        (lambda h: h["meta"]["cls_metadata"].__setitem__("device", "cuda:0"), "bad_meta"),
         (lambda h: h.__setitem__("n_rows", 3), "bad_meta"),
+        (lambda h: h.__setitem__("wire", 1), "wire_format"),
         (lambda h: h.__setitem__("policy_versions", [0, 9]), "header_mismatch"),
         (lambda h: h.__setitem__("worker_id", 5), "header_mismatch"),
     ],
