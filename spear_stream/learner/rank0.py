@@ -21,7 +21,7 @@ from spear_stream.models import load_model
 from spear_stream.replay.fresh import FreshReplay
 from spear_stream.replay.sil import SILBuffer
 from spear_stream.rollout.evaluate import EvalResult, evaluate_model_dir
-from spear_stream.transport.zmq_channel import RolloutReceiver
+from spear_stream.transport.receiver import RolloutReceiver
 from spear_stream.utils import keep_large_buffers
 from spear_stream.weightsync.base import make_publisher
 

@@ -27,7 +27,7 @@ from spear_stream.rollout.chat import ChatFormat
 from spear_stream.rollout.engine import SamplingParams
 from spear_stream.rollout.hf import HFEngine
 from spear_stream.rollout.worker import RolloutWorker
-from spear_stream.transport.zmq_channel import ChannelStopped, CreditTimeout, RolloutSender
+from spear_stream.transport.sender import ChannelStopped, CreditTimeout, RolloutSender
 from spear_stream.utils import keep_large_buffers, set_threads
 from spear_stream.weightsync.base import (
     WeightAnnouncement,

@@ -27,7 +27,7 @@ from spear_stream.transport import (
     parse_header,
 )
 from spear_stream.transport.codec import rebuild_consolidated
-from spear_stream.transport.zmq_channel import worker_identity
+from spear_stream.transport.common import worker_identity
 
 TOKEN = "test-token"
 
