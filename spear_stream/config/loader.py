@@ -1,0 +1,227 @@
+"""Reading, overriding, validating and serialising a :class:`~spear_stream.config.sections.Config`.
+
+* A TOML file may start with ``extends = "other.toml"`` (relative to itself) to inherit a preset.
+* Overrides are ``--section.key value`` pairs applied after the files, parsed with the field's type.
+* Unknown keys and out-of-range values raise :class:`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from spear_stream.config.sections import Config, ConfigError, ScheduleConfig
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a TOML value or a command-line string to the annotated type, or raise naming ``key``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None or (value == "none" and type(None) in get_args(tp)):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(value, str):
+            value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a table, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | str | float):
+            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError as exc:
+            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}") from exc
+        if not as_float.is_integer():
+            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        try:
+            out = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config key '{key}' expects a number, got {value!r}") from exc
+        if isinstance(value, bool) or not math.isfinite(out):
+            raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}' has unsupported type {tp}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    """Write ``data`` into dataclass ``obj`` in place, recursing into sub-sections."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = _hints(type(obj))
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '{dotted}' (known keys here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if isinstance(value, str) and value.lstrip().startswith("{"):  # --section '{"key": value}'
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"config key '{dotted}': invalid JSON table {value!r}: {exc}") from exc
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' is a section; expected a table, got {value!r}")
+            _merge(current, value, dotted + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted))
+
+
+def _check_ranges(obj: Any, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        dotted = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, dotted + ".")
+            continue
+        lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open", False)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+        bad_hi = hi is not None and value > hi
+        if bad_lo or bad_hi:
+            left = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}"
+            right = f"{hi if hi is not None else 'inf'}]"
+            raise ConfigError(f"config key '{dotted}' = {value!r} is out of range; allowed {left}, {right}")
+
+
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """The chain of tables from the root preset to ``path`` (``extends`` resolved)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config 'extends' cycle through {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    parent = data.pop("extends", None)
+    chain = _read_toml(path.parent / parent, (*seen, path)) if parent else []
+    return [*chain, data]
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--learner.lr", "1e-5", "--sil.enabled=true"]`` -> nested dict of raw strings."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"expected --section.key, got {arg!r}")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"config key '{arg[2:]}' has no value")
+            key, value = arg[2:], args[i + 1]
+            i += 2
+        node = out
+        *parents, leaf = key.replace("-", "_").split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML chain of ``path``, then ``overrides``; validated."""
+    cfg = Config()
+    if path is not None:
+        for table in _read_toml(Path(path)):
+            _merge(cfg, table, "")
+    if overrides:
+        _merge(cfg, parse_overrides(overrides), "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    _check_ranges(cfg)
+    if cfg.algo.loss.clip_low >= 1.0:
+        raise ConfigError("config key 'algo.loss.clip_low' must be < 1")
+    for name in ("mu", "gamma", "sil_fraction", "sync_every", "max_staleness"):
+        sched: ScheduleConfig = getattr(cfg.curriculum, name)
+        if name == "sil_fraction" and not (
+            min(sched.start, sched.end) >= 0.0 and max(sched.start, sched.end) <= 1.0
+        ):
+            raise ConfigError("config key 'curriculum.sil_fraction' must stay within [0, 1]")
+        if name in ("sync_every",) and min(sched.start, sched.end) < 1:
+            raise ConfigError("config key 'curriculum.sync_every' must stay >= 1")
+        if name == "max_staleness" and min(sched.start, sched.end) < 0:
+            raise ConfigError("config key 'curriculum.max_staleness' must stay >= 0")
+    from envs.registry import check_params  # envs import no torch
+
+    check_params(cfg.env.name, cfg.env.params)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: Any) -> str:
+    """Serialise a config tree to TOML (enough for our types: scalars, lists, tables)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + "}"
+        raise TypeError(v)
+
+    lines: list[str] = []
+
+    def emit(d: dict[str, Any], prefix: str) -> None:
+        tables = {k: v for k, v in d.items() if isinstance(v, dict) and k != "params"}
+        for k, v in d.items():
+            if k not in tables:
+                lines.append(f"{k} = {scalar(v)}")
+        for k, v in tables.items():
+            lines.append(f"\n[{prefix}{k}]")
+            emit(v, f"{prefix}{k}.")
+
+    emit(to_dict(cfg), "")
+    return "\n".join(lines) + "\n"
