@@ -195,6 +195,26 @@ def cmd_replay(argv: list[str]) -> int:
     return replay_main(argv)
 
 
+CONFIG_COMMANDS = ("train", "sft", "eval")  # configured by --config FILE and --section.key overrides
+
+
+def config_help(command: str, argv: list[str]) -> int:
+    """``spear-stream COMMAND --help``: its usage line, then every config key with its value and range."""
+    from spear_stream.config import ConfigError, describe
+
+    usage = [line for line in USAGE.splitlines() if line.strip().startswith(command)]
+    try:
+        cfg = _load(argv)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"spear-stream {command}: error: {exc}", file=sys.stderr)
+        return 2
+    source = "the values from --config and the overrides given" if argv else "the defaults"
+    print("usage: spear-stream" + (usage[0][1:] if usage else f" {command} --config FILE"))
+    print(f"\nconfig keys (shown with {source}); set any with --section.key VALUE:")
+    print("\n".join(describe(cfg)))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "sft": cmd_sft,
@@ -213,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from spear_stream.config import ConfigError
 
+    if argv[0] in CONFIG_COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
+        return config_help(argv[0], [a for a in argv[1:] if a not in ("-h", "--help")])
     try:
         return COMMANDS[argv[0]](argv[1:])
     except (ConfigError, FileNotFoundError) as exc:

@@ -14,6 +14,7 @@ from spear_stream.config.loader import (
     _hints,
     _merge,
     _read_toml,
+    describe,
     load_config,
     parse_overrides,
     to_dict,
@@ -76,6 +77,7 @@ __all__ = [
     "_merge",
     "_read_toml",
     # the loader API
+    "describe",
     "load_config",
     "parse_overrides",
     "spec",

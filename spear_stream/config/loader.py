@@ -192,6 +192,34 @@ def validate(cfg: Config) -> None:
     check_params(cfg.env.name, cfg.env.params)
 
 
+def describe(cfg: Any, prefix: str = "") -> list[str]:
+    """One line per config key: ``--section.key VALUE  type, allowed range; help`` (for ``COMMAND --help``)."""
+    lines: list[str] = []
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, dotted = getattr(cfg, f.name), f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(value) and not isinstance(value, ScheduleConfig):
+            lines += describe(value, dotted + ".")
+            continue
+        if isinstance(value, ScheduleConfig):
+            shown, kind = json.dumps(dataclasses.asdict(value)), "schedule (JSON table)"
+        else:
+            plain = isinstance(value, str) and value and " " not in value
+            shown = value if plain else json.dumps(value)  # TOML-like: true/false, "" for an empty string
+            kind = (
+                " | ".join(map(repr, get_args(tp)))
+                if get_origin(tp) is Literal
+                else getattr(tp, "__name__", str(tp))
+            )
+        lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open", False)
+        if lo is not None or hi is not None:
+            kind += f", {'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        note = f.metadata.get("help", "")
+        lines.append(f"  --{dotted} {shown}  ({kind}){'; ' + note if note else ''}")
+    return lines
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -68,3 +68,20 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     p = tmp_path / "resolved.toml"
     p.write_text(to_toml(cfg))
     assert load_config(p) == cfg
+
+
+def test_command_help_lists_every_key_with_its_value_and_range(tmp_path, capsys):
+    from spear_stream.cli.main import main
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: spear-stream train")
+    assert "--learner.max_groups 0  (int, [0, inf]); also stop once" in out
+    assert "--sil.stream_batch fixed  ('fixed' | 'extra')" in out and "--sil.enabled false  (bool)" in out
+    p = tmp_path / "c.toml"
+    p.write_text("[sil]\nenabled = true\n")
+    assert main(["sft", "--config", str(p), "--learner.lr", "2e-5", "-h"]) == 0  # values from the file and overrides
+    out = capsys.readouterr().out
+    assert "--sil.enabled true" in out and "--learner.lr 2e-05" in out
+    assert main(["eval", "--nope", "1", "--help"]) == 2  # a bad key is still an error naming it
+    assert "unknown config key 'nope'" in capsys.readouterr().err
