@@ -80,7 +80,9 @@ def test_command_help_lists_every_key_with_its_value_and_range(tmp_path, capsys)
     assert "--sil.stream_batch fixed  ('fixed' | 'extra')" in out and "--sil.enabled false  (bool)" in out
     p = tmp_path / "c.toml"
     p.write_text("[sil]\nenabled = true\n")
-    assert main(["sft", "--config", str(p), "--learner.lr", "2e-5", "-h"]) == 0  # values from the file and overrides
+    assert (
+        main(["sft", "--config", str(p), "--learner.lr", "2e-5", "-h"]) == 0
+    )  # values from the file and overrides
     out = capsys.readouterr().out
     assert "--sil.enabled true" in out and "--learner.lr 2e-05" in out
     assert main(["eval", "--nope", "1", "--help"]) == 2  # a bad key is still an error naming it
