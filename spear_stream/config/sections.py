@@ -228,6 +228,7 @@ class CheckpointConfig:
 class EvalConfig:
     episodes: int = spec(256, lo=0)
     temperature: float = spec(1.0, lo=0.0)
+    top_p: float = spec(1.0, lo=0.0, hi=1.0, lo_open=True, help="nucleus sampling of sampled evaluation")
     greedy: bool = True
     seed: int = 12345
     before_after: bool = True

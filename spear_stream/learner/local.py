@@ -82,6 +82,7 @@ class LocalTrainer:
             seed=c.eval.seed,
             split=c.env.eval_split,
             batch_size=c.rollout.batch_size,
+            top_p=c.eval.top_p,
         )
 
     def train_step(self) -> dict[str, float]:

@@ -30,8 +30,9 @@ def evaluate(
     seed: int,
     split: str,
     batch_size: int,
+    top_p: float = 1.0,
 ) -> EvalResult:
-    sampling = replace(worker.sampling, temperature=temperature)
+    sampling = replace(worker.sampling, temperature=temperature, top_p=top_p)
     eval_worker = RolloutWorker(
         worker.fmt, worker.env_name, worker.env_params, sampling, worker.max_seq_len, worker.worker_id
     )
@@ -64,7 +65,7 @@ def evaluate_model_dir(cfg, model_dir, temperatures: dict[str, float]) -> dict[s
     tokenizer = load_tokenizer(model_dir)
     fmt = ChatFormat(tokenizer)
     r = cfg.rollout
-    sampling = SamplingParams(r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k, fmt.stop_ids)
+    sampling = SamplingParams(r.max_new_tokens, cfg.eval.temperature, cfg.eval.top_p, r.top_k, fmt.stop_ids)
     worker = RolloutWorker(fmt, cfg.env.name, cfg.env.params, sampling, r.max_seq_len)
     engine = HFEngine(
         load_model(model_dir, cfg.model.dtype), seed=cfg.eval.seed, pad_id=tokenizer.pad_token_id or 0
@@ -78,6 +79,7 @@ def evaluate_model_dir(cfg, model_dir, temperatures: dict[str, float]) -> dict[s
             seed=cfg.eval.seed,
             split=cfg.env.eval_split,
             batch_size=r.batch_size,
+            top_p=cfg.eval.top_p,
         )
         for name, t in temperatures.items()
     }

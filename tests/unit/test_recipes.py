@@ -201,6 +201,7 @@ def test_paper_settings_follow_algorithm_md_section_8(env_dir: Path):
         assert cfg.env.params["max_turns"] == 8 and cfg.rollout.max_seq_len == 2048 + 16384
         variant = "correct_only" if env_dir.name == "math_qwen3" else "episode"
         assert cfg.algo.reward.tool_reward_variant == variant
+        assert (cfg.eval.temperature, cfg.eval.top_p, cfg.eval.episodes) == (1.0, 0.6, 960)  # avg@32 on AIME
     else:
         assert (cfg.env.groups_per_step, cfg.env.group_size) == (32, 8)
         assert cfg.rollout.max_new_tokens == 512 and cfg.eval.temperature == 0.4
