@@ -6,6 +6,7 @@ Errors the user can fix (bad config, missing model directory) print one clear li
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -210,8 +211,11 @@ def config_help(command: str, argv: list[str]) -> int:
         return 2
     source = "the values from --config and the overrides given" if argv else "the defaults"
     print("usage: spear-stream" + (usage[0][1:] if usage else f" {command} --config FILE"))
-    print(f"\nconfig keys (shown with {source}); set any with --section.key VALUE:")
-    print("\n".join(describe(cfg)))
+    try:
+        print(f"\nconfig keys (shown with {source}); set any with --section.key VALUE:")
+        print("\n".join(describe(cfg)), flush=True)
+    except BrokenPipeError:  # `spear-stream train --help | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush stays quiet
     return 0
 
 
