@@ -194,9 +194,8 @@ def _check_tokens(fields: dict[str, torch.Tensor], vocab_size: int | None) -> in
     one_each = torch.signbit(version).view(torch.uint8) + mask.view(torch.uint8)
     if v_lo < -1 or tuple(int(v) for v in torch.aminmax(one_each)) != (1, 1):
         raise SchemaError("field 'token_version' must be >= 0 on generated tokens and -1 elsewhere")
-    logp_lo, logp_hi = torch.aminmax(
-        fields["behavior_logp"]
-    )  # min/max propagate NaN: finite extremes = all finite
+    # min/max propagate NaN: finite extremes mean every value is finite
+    logp_lo, logp_hi = torch.aminmax(fields["behavior_logp"])
     if not (math.isfinite(float(logp_lo)) and math.isfinite(float(logp_hi))):
         raise SchemaError("field 'behavior_logp' must be finite")
     if float(logp_hi) > 1e-4:  # context tokens carry 0, generated ones a log-probability

@@ -103,6 +103,14 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
             setattr(obj, key, _coerce(value, hints[key], dotted))
 
 
+def _range_text(meta: Any) -> str | None:
+    """A field's allowed range from its ``spec`` metadata, ``[lo, hi]`` / ``(lo, hi]``; None when unbounded."""
+    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
+    if lo is None and hi is None:
+        return None
+    return f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+
+
 def _check_ranges(obj: Any, prefix: str = "") -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -116,9 +124,9 @@ def _check_ranges(obj: Any, prefix: str = "") -> None:
         bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
         bad_hi = hi is not None and value > hi
         if bad_lo or bad_hi:
-            left = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}"
-            right = f"{hi if hi is not None else 'inf'}]"
-            raise ConfigError(f"config key '{dotted}' = {value!r} is out of range; allowed {left}, {right}")
+            raise ConfigError(
+                f"config key '{dotted}' = {value!r} is out of range; allowed {_range_text(f.metadata)}"
+            )
 
 
 def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
@@ -212,9 +220,9 @@ def describe(cfg: Any, prefix: str = "") -> list[str]:
                 if get_origin(tp) is Literal
                 else getattr(tp, "__name__", str(tp))
             )
-        lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open", False)
-        if lo is not None or hi is not None:
-            kind += f", {'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        allowed = _range_text(f.metadata)
+        if allowed:
+            kind += f", {allowed}"
         note = f.metadata.get("help", "")
         lines.append(f"  --{dotted} {shown}  ({kind}){'; ' + note if note else ''}")
     return lines

@@ -148,7 +148,8 @@ class StreamingTrainer:
         if self.hub is None:
             return None, {}
         c = self.cfg
-        rows = self.hub.next_batch(self.version, values)
+        budget = c.learner.max_groups
+        rows = self.hub.next_batch(self.version, values, budget - self.groups_trained if budget else None)
         batch = prepare_batch(rows, c.algo, values.mu)
         self.hub.after_batch(rows, batch, self.step, values)
         sil = self.hub.sil_batch(len(rows), values, self.generator)
@@ -234,6 +235,7 @@ class StreamingTrainer:
             sums["learner/fresh_groups"] = float(self.hub.fresh_groups_in_batch)
         totals = sum_across_ranks(sums)
         self.groups_trained += int(totals.get("learner/fresh_groups", 0))
+        totals["replay/fresh_groups_trained"] = float(self.groups_trained)
         totals["learner/optimizer_steps"] = float(len(my_steps))
         self.step += 1
         self.version += 1

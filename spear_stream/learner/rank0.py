@@ -50,7 +50,6 @@ class RolloutHub:
         )
         self.sil_rows_trained = 0
         self.fresh_rows_trained = 0
-        self.fresh_groups_trained = 0
         self.fresh_groups_in_batch = cfg.env.groups_per_step  # of the batch being trained
         self.sil_share_groups = 0  # groups' worth of the batch given to replay ("fixed" stream batches)
         self.publisher = make_publisher(cfg.sync.method, run_dir=run_dir, timeout_s=cfg.sync.timeout_s)
@@ -132,20 +131,24 @@ class RolloutHub:
         trajectories of one row each, as in chat mode), so an empty buffer never shrinks the batch.
         """
         per_step = self.cfg.env.groups_per_step
-        if self.sil is None or values.gamma <= 0.0 or self.cfg.sil.mode != "stream":
-            return per_step
-        if self.cfg.sil.stream_batch != "fixed":
+        fixed_stream = self.cfg.sil.mode == "stream" and self.cfg.sil.stream_batch == "fixed"
+        if self.sil is None or values.gamma <= 0.0 or not fixed_stream:
             return per_step
         batch_rows = per_step * self.cfg.env.group_size
         share = min(values.sil_fraction, self.sil.num_eligible() / batch_rows)
         return max(1, per_step - round(share * per_step))
 
-    def next_batch(self, version: int, values: CurriculumValues) -> list[TensorDictBase]:
-        """Wait until the step's fresh groups (:meth:`fresh_groups_for_step`) are buffered; return their rows."""
+    def next_batch(
+        self, version: int, values: CurriculumValues, groups_left: int | None = None
+    ) -> list[TensorDictBase]:
+        """Wait until the step's fresh groups (:meth:`fresh_groups_for_step`) are buffered; return their rows.
+
+        ``groups_left``: what remains of a ``learner.max_groups`` budget; the last step takes only that.
+        """
         need = self.fresh_groups_for_step(values)
         self.sil_share_groups = self.cfg.env.groups_per_step - need
-        if self.cfg.learner.max_groups:  # the last step of a group budget takes only what is left of it
-            need = max(1, min(need, self.cfg.learner.max_groups - self.fresh_groups_trained))
+        if groups_left is not None:
+            need = max(1, min(need, groups_left))
         self.fresh_groups_in_batch = need
         deadline = time.monotonic() + max(600.0, 10 * self.cfg.sync.timeout_s)
         while True:
@@ -167,7 +170,6 @@ class RolloutHub:
         """Self-imitation bookkeeping once advantages are known: baseline FIFO of group means/stds, then entry of
         the rows with positive advantage (rows the Dr.BoT filters removed from the loss are not imitated)."""
         self.fresh_rows_trained += len(rows)
-        self.fresh_groups_trained += self.fresh_groups_in_batch
         if self.sil is None:
             return
         stats = group_stats(batch.rewards, batch.group_ids)
@@ -238,7 +240,6 @@ class RolloutHub:
             out |= {k: float(v) for k, v in self.sil.stats().items()}
         total = self.sil_rows_trained + self.fresh_rows_trained
         out["replay/sil_fraction"] = self.sil_rows_trained / max(total, 1)
-        out["replay/fresh_groups_trained"] = float(self.fresh_groups_trained)
         out["replay/fresh_groups_in_batch"] = float(self.fresh_groups_in_batch)
         out |= {
             "rollout/trajectories_per_s": self.received_trajectories / elapsed,
@@ -259,7 +260,6 @@ class RolloutHub:
                 self.received_trajectories,
                 self.sil_rows_trained,
                 self.fresh_rows_trained,
-                self.fresh_groups_trained,
             ],
         }
 
@@ -268,8 +268,6 @@ class RolloutHub:
         self.receiver.load_state_dict(state["receiver"])
         if self.sil is not None and state["sil"] is not None:
             self.sil.load_state_dict(state["sil"])
-        counts = list(state["counts"])
         (self.received_groups, self.received_trajectories, self.sil_rows_trained, self.fresh_rows_trained) = (
-            counts[:4]
+            state["counts"]
         )
-        self.fresh_groups_trained = counts[4] if len(counts) > 4 else 0  # absent from older checkpoints
