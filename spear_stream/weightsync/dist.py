@@ -367,6 +367,9 @@ class DistSubscriber:
     def _connect(self, host: str, port: int, token: str, deadline: _Deadline) -> Any:
         if self._store is None or self._store_key != (host, port, token):
             with deadline.stage("connecting to the publisher's store (is the learner up?)"):
+                # c10d's client retries a refused connect after a randomised back-off that can outlast the
+                # deadline (4.6 s for a 1.5 s timeout, seen in CI); a plain TCP connect is refused at once
+                socket.create_connection((host, port), timeout=deadline.left().total_seconds()).close()
                 self._store = TCPStore(host, port, None, False, deadline.left())
             self._store_key = (host, port, token)
         return self._store
