@@ -23,22 +23,34 @@ def set_threads(n: int) -> None:
 def keep_large_buffers(limit_mb: int = 1024) -> bool:
     """Let glibc's malloc reuse freed buffers of up to ``limit_mb`` instead of returning each one to the OS.
 
-    Why: glibc serves an allocation above its mmap threshold (adaptive, but capped at 32 MiB) with fresh pages and
-    unmaps it on free, so a process that builds one large buffer after another (a rollout worker consolidating
-    each group for the wire) pays every page fault again: consolidating a 50 MB group took 33 ms, 13 ms with
-    this (tools/bench_transport.py). Raising the mmap threshold, and the trim threshold with it, extends
-    glibc's own adaptive behaviour to larger sizes; the cost is that up to ``limit_mb`` of freed heap stays
-    mapped. Returns False (and changes nothing) off glibc.
+    Call it at process start, before any thread (libzmq's I/O threads, gloo's) allocates. Two settings:
+
+    * the mmap and trim thresholds: glibc serves an allocation above its mmap threshold (adaptive, but capped
+      at 32 MiB) with fresh pages and unmaps it on free, so a process that builds one large buffer after
+      another (a rollout worker consolidating each group for the wire) pays every page fault again:
+      consolidating a 50 MB group took 33 ms, 13 ms with this;
+    * one malloc arena for all threads: libzmq's I/O thread allocates every received frame, the main thread
+      frees it, and a thread's own arena is made of heaps of at most 64 MiB that glibc unmaps once empty, so a
+      50 MB frame faulted ~5,000 of its 12,800 pages in again on every message (the learner's receive thread
+      spent 24 ms per 50 MB group instead of 9 ms; tools/bench_transport.py). The cost of a single arena is a
+      malloc lock shared by all threads; these processes allocate from one busy thread at a time.
+
+    The cost of both is that up to ``limit_mb`` of freed heap stays mapped. Returns False (and changes nothing)
+    off glibc.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's <malloc.h>
     limit = limit_mb * 2**20
     # trim first: setting the mmap threshold explicitly also freezes the (adaptive) trim threshold
-    return bool(mallopt(m_trim_threshold, 2 * limit)) and bool(mallopt(m_mmap_threshold, limit))
+    return (
+        bool(mallopt(m_trim_threshold, 2 * limit))
+        and bool(mallopt(m_mmap_threshold, limit))
+        and bool(mallopt(m_arena_max, 1))
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

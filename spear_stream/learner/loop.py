@@ -43,7 +43,7 @@ from spear_stream.learner.rank0 import RolloutHub
 from spear_stream.learner.step import loss_token_count, minibatch_bounds, prepare_batch
 from spear_stream.metrics import MetricsLogger
 from spear_stream.models import load_model, load_tokenizer
-from spear_stream.utils import progress, set_threads
+from spear_stream.utils import keep_large_buffers, progress, set_threads
 
 
 @dataclass
@@ -57,6 +57,9 @@ class StepWork:
 class StreamingTrainer:
     def __init__(self, cfg: Config, *, resume: bool = False) -> None:
         self.cfg = cfg
+        # before any thread starts (gloo's, libzmq's): rank 0 receives every group as a fresh large frame,
+        # and every rank receives its micro-batches as large tensors (see the helper)
+        keep_large_buffers()
         self.info = init_distributed(cfg.learner.backend)
         set_threads(cfg.learner.num_threads)
         torch.manual_seed(cfg.seed + self.info.rank)

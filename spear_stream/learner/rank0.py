@@ -22,7 +22,6 @@ from spear_stream.replay.fresh import FreshReplay
 from spear_stream.replay.sil import SILBuffer
 from spear_stream.rollout.evaluate import EvalResult, evaluate_model_dir
 from spear_stream.transport.receiver import RolloutReceiver
-from spear_stream.utils import keep_large_buffers
 from spear_stream.weightsync.base import make_publisher
 
 
@@ -30,7 +29,6 @@ class RolloutHub:
     def __init__(self, cfg: Config, tokenizer, rng: random.Random) -> None:
         self.cfg, self.tokenizer, self.rng = cfg, tokenizer, rng
         run_dir = cfg.run_path
-        keep_large_buffers()  # every received group is a fresh large frame: reuse freed ones (see the helper)
         self.receiver = RolloutReceiver(cfg.transport, auto_credit=False, vocab_size=len(tokenizer))
         self.fresh = FreshReplay(
             cfg.replay.capacity,

@@ -53,8 +53,9 @@ class WorkerProcess:
         self, cfg: Config, address: str, run_token: str, worker_id: int, incarnation: int = 0
     ) -> None:
         self.cfg = cfg
+        # first, before libzmq's threads start: each group is consolidated into a fresh buffer (see the helper)
+        keep_large_buffers()
         set_threads(cfg.rollout.num_threads)
-        keep_large_buffers()  # each group is consolidated into a fresh buffer for the wire (see the helper)
         tokenizer = load_tokenizer(cfg.model.path)
         self.fmt = ChatFormat(tokenizer)
         self.engine = HFEngine(
