@@ -7,13 +7,15 @@ receives them (no decode); (b) the TensorDict transport: a RolloutSender encodes
 rows every message (consolidate + zero-copy send, credits) and the learner's RolloutReceiver receives, rebuilds and
 schema-validates every row; (c) the same without the per-row schema validation: a bare ROUTER speaking the credit
 protocol that only rebuilds the rows (shows what validation costs). GB/s counts payload bytes after the first
-message (which pays connection set-up). Both processes call ``keep_large_buffers()`` as the learner and the
-rollout workers do, so every mode allocates its large buffers the same way.
+message (which pays connection set-up), after a warm-up run of each mode (``--warmup-mb``). Both processes call
+``keep_large_buffers()`` as the learner and the rollout workers do, so every mode allocates its large buffers the
+same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing as mp
 import os
 import statistics
@@ -165,9 +167,14 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="measurements per size (the median is printed)"
     )
+    parser.add_argument(
+        "--warmup-mb", type=float, default=1000.0, help="data each mode sends per size before measuring"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    keep_large_buffers()  # as the learner does (spear_stream/learner/rank0.py)
+    keep_large_buffers()  # as the learner does (spear_stream/learner/loop.py)
+    # The sender leaves as soon as it has sent; the receiver's last credits then find no one (a warning each).
+    logging.getLogger("spear_stream.transport").setLevel(logging.ERROR)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=sender_main, args=(child,), daemon=True)
@@ -183,6 +190,12 @@ def main() -> None:
             nbytes = int(size_mb * 2**20)
             n_messages = max(5, min(args.max_messages, int(args.megabytes_per_run / size_mb)))
             ratios, bare_ratios = [], []
+            # Warm-up, not measured: a long-running learner and worker are in steady state, with their heaps
+            # grown to hold the groups in flight; the first few hundred MB of a fresh process are not.
+            warmup = max(3, min(n_messages, int(args.warmup_mb / size_mb)))
+            receive_raw(parent, nbytes, warmup)
+            receive_transport(parent, nbytes, args.rows, warmup)
+            receive_unvalidated(parent, nbytes, args.rows, warmup)
             for _ in range(args.repeats):  # interleaved, so a burst of load hits every mode alike
                 raw = receive_raw(parent, nbytes, n_messages)
                 td, validate_ms, actual_mb = receive_transport(parent, nbytes, args.rows, n_messages)
