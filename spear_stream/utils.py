@@ -32,7 +32,7 @@ def keep_large_buffers(limit_mb: int = 1024) -> bool:
     * one malloc arena for all threads: libzmq's I/O thread allocates every received frame, the main thread
       frees it, and a thread's own arena is made of heaps of at most 64 MiB that glibc unmaps once empty, so a
       50 MB frame faulted ~5,000 of its 12,800 pages in again on every message (the learner's receive thread
-      spent 24 ms per 50 MB group instead of 9 ms; tools/bench_transport.py). The cost of a single arena is a
+      spent 24 ms per 50 MB group, 14 ms with this; tools/bench_transport.py). The cost of a single arena is a
       malloc lock shared by all threads; these processes allocate from one busy thread at a time.
 
     The cost of both is that up to ``limit_mb`` of freed heap stays mapped. Returns False (and changes nothing)
