@@ -1,10 +1,10 @@
-"""The environment interface (DESIGN.md section 6).
+"""The environment interface (docs/design.md section 6).
 
 One episode per env object; the trainer vectorises and groups. The environment parses the model's text into an
 action (never raising on malformed text: that is an invalid step) and reports facts in :class:`StepInfo`; the
 trainer turns those facts into shaped rewards and penalties. Environments import no torch.
 
-Prompt modes (ALGORITHM.md section 1):
+Prompt modes (docs/algorithm.md section 1):
 * ``chat``: ``reset`` returns the opening messages (system + user); each ``step`` returns the *new* messages to
   append to the conversation (tool responses, feedback). One training row per trajectory.
 * ``window``: every observation carries the *complete* prompt for that step (task, the last H (observation,

@@ -1,4 +1,4 @@
-"""Calculator arithmetic (ReTool-lite, notes/environments.md 4.2): tool use is necessary to succeed.
+"""Calculator arithmetic (ReTool-lite, docs/environments.md 4.2): tool use is necessary to succeed.
 
 A task is an integer expression with 2-3 digit operands that a tiny model cannot compute in its head:
 ``a*b`` (difficulty 1), ``a*b+c`` (2) or ``a*b+c*d`` (3). Each assistant turn is one of
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Env, Message, Observation, StepInfo, StepResult, Task
+from envs.config_fields import spec
 from envs.parsing import (
     INVALID_FEEDBACK,
     boxed_answers,
@@ -36,7 +37,6 @@ from envs.parsing import (
     tool_message,
     user_message,
 )
-from spear_stream.config import spec
 
 MAX_EXPR_CHARS = 64
 MAX_ABS_VALUE = 10**30  # any literal or intermediate value beyond this is an error (bounds the work per call)

@@ -1,4 +1,4 @@
-"""Guess-the-number with a probe tool: the cheapest CPU sanity environment (notes/environments.md 4.3).
+"""Guess-the-number with a probe tool: the cheapest CPU sanity environment (docs/environments.md 4.3).
 
 A hidden x is drawn uniformly from 1..N by the task seed. Each assistant turn is exactly one action:
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Env, Message, Observation, StepInfo, StepResult, Task
+from envs.config_fields import spec
 from envs.parsing import (
     INVALID_FEEDBACK,
     answer_blocks,
@@ -35,7 +36,6 @@ from envs.parsing import (
     tool_message,
     user_message,
 )
-from spear_stream.config import spec
 
 REPLY_HIGHER, REPLY_LOWER, REPLY_CORRECT = "higher", "lower", "correct"
 
@@ -44,7 +44,7 @@ REPLY_HIGHER, REPLY_LOWER, REPLY_CORRECT = "higher", "lower", "correct"
 class GuessNumberParams:
     n_max: int = spec(15, lo=1, hi=1_000_000, help="N: the hidden x is uniform in 1..N")
     success_reward: float = spec(
-        10.0, lo=0.0, help="reward of a correct answer (ALGORITHM.md agent envs: 10)"
+        10.0, lo=0.0, help="reward of a correct answer (docs/algorithm.md agent envs: 10)"
     )
     max_turns: int = spec(0, lo=0, hi=256, help="assistant turns per episode; 0 = ceil(log2(N+1)) + 1")
     end_on_invalid: bool = True

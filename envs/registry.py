@@ -12,6 +12,7 @@ import typing
 from typing import Any
 
 from envs.base import Env
+from envs.config_fields import ConfigError, check_ranges, coerce
 
 _REGISTRY: dict[str, str] = {
     "guess_number": "envs.guess_number:GuessNumberEnv",
@@ -37,8 +38,6 @@ def env_names() -> list[str]:
 
 def env_class(name: str) -> type[Env]:
     if name not in _REGISTRY:
-        from spear_stream.config import ConfigError  # a ValueError; the CLI prints it without a traceback
-
         raise ConfigError(
             f"config key 'env.name' = {name!r} is not a registered environment; known: {env_names()}"
         )
@@ -48,8 +47,6 @@ def env_class(name: str) -> type[Env]:
 
 def build_params(name: str, params: dict[str, Any]) -> Any:
     """The env's ``Params`` dataclass from a config table; unknown keys and bad values name ``env.params.X``."""
-    from spear_stream.config import ConfigError, _check_ranges, _coerce
-
     cls = env_class(name).Params
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -59,9 +56,9 @@ def build_params(name: str, params: dict[str, Any]) -> Any:
             raise ConfigError(
                 f"unknown config key 'env.params.{key}' for env {name!r} (known: {sorted(known)})"
             )
-        values[key] = _coerce(value, hints[key], f"env.params.{key}")
+        values[key] = coerce(value, hints[key], f"env.params.{key}")
     out = cls(**values)
-    _check_ranges(out, "env.params.")
+    check_ranges(out, "env.params.")
     return out
 
 

@@ -1,4 +1,4 @@
-"""verl-agent style ``window`` prompts and the ``<think>``/``<action>`` projection (notes/environments.md 1.1).
+"""verl-agent style ``window`` prompts and the ``<think>``/``<action>`` projection (docs/environments.md 1.1).
 
 Every step's prompt is rendered from scratch: the role line, the task, the last H (observation, action) pairs,
 the current observation, the admissible actions and the think/action instruction. Two templates, as in

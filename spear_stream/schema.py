@@ -1,4 +1,4 @@
-"""The only definition of a training row (DESIGN.md section 2, ALGORITHM.md section 1).
+"""The only definition of a training row (docs/design.md section 2, docs/algorithm.md section 1).
 
 A row is one ``TensorDict`` with ``batch_size=[]``. Per-token fields have shape ``[T]`` (T = ``length``); every
 other field is a 0-d tensor. Rows of different lengths travel and sit in memory as lazy stacks

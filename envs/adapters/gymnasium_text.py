@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from envs.base import StepResult, Task
+from envs.config_fields import spec
 from envs.window import ProjectedAction, WindowEnv, WindowEpisode, WindowStyle, format_response
-from spear_stream.config import spec
 
 _HIGHLIGHT = re.compile(r"\x1b\[4\dm(.)\x1b\[0m")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from envs.base import Task
+from envs.config_fields import spec
 from envs.window import ProjectedAction, WindowEnv, WindowStyle, format_response
-from spear_stream.config import spec
 
 TEXTWORLD_STYLE = WindowStyle(role_line="You are an expert agent playing a text adventure game.")
 _BANNER_CHARS = set("_|\\/$<>()-=.'` ")

@@ -28,8 +28,8 @@ from envs.alfworld.generate import default_cache_root
 from envs.alfworld.problem import TASK_TYPES
 from envs.alfworld.sources import GameRef, GameSource
 from envs.base import Task
+from envs.config_fields import ConfigError, spec
 from envs.window import ProjectedAction, WindowEnv, WindowStyle, format_response
-from spear_stream.config import ConfigError, spec
 
 ALFWORLD_STYLE = WindowStyle(
     role_line="You are an expert agent operating in the ALFRED Embodied Environment."

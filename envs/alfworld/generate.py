@@ -1,6 +1,6 @@
 """Offline generator of ALFWorld-format games (``alfworld-generate`` minus the THOR simulator).
 
-Recipe (notes/environments.md 1.3): sample a FloorPlan of the split's scene set, instantiate its receptacles
+Recipe (docs/environments.md 1.3): sample a FloorPlan of the split's scene set, instantiate its receptacles
 (real ids, ``openable`` facts), pick a goal of the task type from alfworld's ``goal_library``, place every
 pickupable object type of the scene (1-3 instances) on receptacles that accept it (``VAL_RECEPTACLE_OBJECTS``)
 so that the goal does not already hold, write the PDDL problem, and keep the game only if it can be won in the

@@ -30,7 +30,7 @@ SPLIT_ALIASES = {
     "eval_out_of_distribution": "valid_unseen",
     "ood": "valid_unseen",
 }
-# Games per split of ALFWorld's json_2.1.1 (notes/environments.md 1.1): the default size of a generated pool.
+# Games per split of ALFWorld's json_2.1.1 (docs/environments.md 1.1): the default size of a generated pool.
 ALFWORLD_SPLIT_SIZES = {"train": 3553, "valid_seen": 140, "valid_unseen": 134}
 OFFICIAL_SUBDIR = "json_2.1.1"
 

@@ -1,4 +1,4 @@
-"""Math with a Python code interpreter (ReTool / SPEAR math setting, notes/environments.md section 3).
+"""Math with a Python code interpreter (ReTool / SPEAR math setting, docs/environments.md section 3).
 
 ``chat`` mode. ``reset`` returns a system message (the ``code_interpreter`` tool in Hermes format) and the
 problem followed by SPEAR's answer-format suffix. Each assistant turn is one of
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from envs.base import Env, Message, Observation, StepInfo, StepResult, Task
+from envs.config_fields import spec
 from envs.math_code.eval import boxed_answer
 from envs.math_code.hermes import format_tool_call, parse_tool_calls, tool_response, tools_system_prompt
 from envs.math_code.problems import AIME_SPLITS, FAMILIES, Problem, aime_problems, generated_problem
 from envs.tools.sandbox import SandboxLimits, check_packages, run_python
-from spear_stream.config import spec
 
 ANSWER_FORMAT_SUFFIX = (
     "\nThe answer format must be: \\boxed{'The final answer goes here.'}"  # SPEAR retool.py

@@ -1,4 +1,4 @@
-"""Answer grading for math (SPEAR's strict-box rule, notes/environments.md 3.3) and avg@k.
+"""Answer grading for math (SPEAR's strict-box rule, docs/environments.md 3.3) and avg@k.
 
 Pure functions, no sandbox: ``spear-stream eval`` and the environment both call them.
 

@@ -1,4 +1,4 @@
-"""MiniHouse: an ALFWorld-lite household environment in pure Python (notes/environments.md 4.1).
+"""MiniHouse: an ALFWorld-lite household environment in pure Python (docs/environments.md 4.1).
 
 Same command syntax, feedback sentences, admissible-action list, window prompt and ``<think>``/``<action>``
 projection as verl-agent's ALFWorld, on procedurally generated rooms; a step costs tens of microseconds. Reward
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from envs.base import Task
+from envs.config_fields import spec
 from envs.minihouse.expert import expert_command
 from envs.minihouse.generate import generate_world
 from envs.minihouse.world import TASK_TYPES, World
 from envs.window import ProjectedAction, WindowEnv, WindowStyle, format_response
-from spear_stream.config import spec
 
 __all__ = ["DIFFICULTY_PRESETS", "TASK_TYPES", "MiniHouseEnv", "MiniHouseParams"]
 

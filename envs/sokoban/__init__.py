@@ -1,4 +1,4 @@
-"""Sokoban with verl-agent's conventions (notes/environments.md 4.4): 6x6 room, 1 box, 15 steps, text grid.
+"""Sokoban with verl-agent's conventions (docs/environments.md 4.4): 6x6 room, 1 box, 15 steps, text grid.
 
 Actions ``up``/``down``/``left``/``right`` inside ``<action>`` (verl-agent's projection: the first of up, down,
 left, right, still that occurs in the action text; none, or no action tags, is a no-op "Still" and invalid;
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Task
+from envs.config_fields import spec
 from envs.sokoban.room import MOVES, Room, State, generate, solve
 from envs.window import ProjectedAction, WindowEnv, WindowStyle, format_response, project_action
-from spear_stream.config import spec
 
 __all__ = ["SokobanEnv", "SokobanParams"]
 

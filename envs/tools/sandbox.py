@@ -1,4 +1,4 @@
-"""Run model-written Python in a sandbox: a local, offline stand-in for SandboxFusion (notes/environments.md 3.2).
+"""Run model-written Python in a sandbox: a local, offline stand-in for SandboxFusion (docs/environments.md 3.2).
 
 ``run_python(code, limits=...)`` runs each call in a fresh interpreter and returns a :class:`SandboxResult`;
 ``result.text`` is what the model sees (stdout, or the traceback / error on failure, like SandboxFusion).

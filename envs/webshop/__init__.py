@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Task
+from envs.config_fields import spec
 from envs.webshop.catalog import Catalog, build_catalog
 from envs.webshop.expert import expert_command
 from envs.webshop.search import BM25
 from envs.webshop.site import Site
 from envs.window import ProjectedAction, WindowEnv, WindowStyle, format_response
-from spear_stream.config import spec
 
 __all__ = ["WEBSHOP_STYLE", "WebShopLiteEnv", "WebShopLiteParams", "format_available_actions"]
 

@@ -5,7 +5,7 @@ exactly as verl-agent does (goal index = session: test goals 0-499, train 500 on
 quoted page parts after the instruction; admissible actions from ``get_available_actions()``) behind the same
 window prompt, projection and rewards as WebShop-lite: 10 for a purchase with score 1, else 0, the score in
 ``info.extra["task_score"]``. The real site needs its product data, a pyserini index and spaCy's
-``en_core_web_sm`` (notes/environments.md 2.2); without ``web_agent_site`` the constructor raises ImportError.
+``en_core_web_sm`` (docs/environments.md 2.2); without ``web_agent_site`` the constructor raises ImportError.
 Not registered by default; ``envs.registry.register("webshop_real", RealWebShopEnv)`` enables it.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.base import Task
+from envs.config_fields import spec
 from envs.webshop import WEBSHOP_STYLE, format_available_actions
 from envs.window import ProjectedAction, WindowEnv
-from spear_stream.config import spec
 
 SEP = " [SEP] "
 

@@ -1,4 +1,4 @@
-"""Group-relative advantages (ALGORITHM.md section 3): GRPO and GiGPO.
+"""Group-relative advantages (docs/algorithm.md section 3): GRPO and GiGPO.
 
 Rows are flat tensors of length N. Groups are found with ``torch.unique(return_inverse=True)`` and reduced
 with ``index_add_``, so nothing loops over rows in Python. Standard deviations are sample standard deviations

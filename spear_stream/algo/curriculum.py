@@ -1,4 +1,4 @@
-"""The curriculum: one object maps the learner step t to every scheduled value (ALGORITHM.md section 7).
+"""The curriculum: one object maps the learner step t to every scheduled value (docs/algorithm.md section 7).
 
 Early training explores (tool bonus mu high, frequent weight syncs), late training exploits (SIL weight gamma
 up, bonus gone). The learner asks ``at(t)`` once per step and logs ``metrics(t)``.

@@ -1,4 +1,4 @@
-"""Dr.BoT filters (ALGORITHM.md section 4, tricks 5-9).
+"""Dr.BoT filters (docs/algorithm.md section 4, tricks 5-9).
 
 Row filters 5-8 (over-long, incomplete, repetitive, unreadable) zero a row's loss mask but keep the row in
 its group's mean/std, so the other rows' advantages do not change. Filter 9 drops whole groups whose rewards

@@ -1,4 +1,4 @@
-"""Policy losses (ALGORITHM.md section 5 and the SIL loss of section 6).
+"""Policy losses (docs/algorithm.md section 5 and the SIL loss of section 6).
 
 All functions are pure: tensors in, ``(loss, metrics)`` out. Shapes: B rows (sequences) by T tokens; every
 per-token tensor is right-padded and ``mask`` marks the loss tokens (policy-generated, not filtered).

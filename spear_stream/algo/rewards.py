@@ -1,4 +1,4 @@
-"""Reward shaping (ALGORITHM.md section 2), applied at training time from the recorded counts.
+"""Reward shaping (docs/algorithm.md section 2), applied at training time from the recorded counts.
 
 Workers never need the curriculum state: rows carry ``outcome_reward``, ``step_reward``, ``n_tool_calls``,
 ``action_valid`` and ``success``; the learner adds the intrinsic term with the current ``mu(t)``.

@@ -1,4 +1,4 @@
-"""Scalar schedules of the learner step t (ALGORITHM.md section 7).
+"""Scalar schedules of the learner step t (docs/algorithm.md section 7).
 
 ``mu(t)`` of section 2 is ``cosine_down`` from 1 to 0 over T_mu; ``gamma(t)`` of section 6 is ``cosine_up``
 from 0 to lambda over T_gamma. Both are the same half-cosine from ``start`` to ``end``:

@@ -1,4 +1,4 @@
-"""Self-imitation (SIL) math of ALGORITHM.md section 6, on tensors; the buffer itself is ``replay/sil.py``.
+"""Self-imitation (SIL) math of docs/algorithm.md section 6, on tensors; the buffer itself is ``replay/sil.py``.
 
 Rows enter with their on-policy advantage ``A > 0``. At replay time their advantage is recalibrated against
 the baseline FIFO ``D_R`` of recent group-mean rewards: ``A_tilde = R - P50(D_R)``. The median of recent group

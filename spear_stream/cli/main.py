@@ -89,24 +89,17 @@ def cmd_train(argv: list[str]) -> int:
     cfg = _load(argv)
     from spear_stream.launch import run_torchrun, under_torchrun
 
-    if cfg.rollout.num_workers == 0:  # in-process reference trainer: no transport, no weight sync
-        from spear_stream.learner.local import LocalTrainer
-
-        local = LocalTrainer(cfg)
-        results = local.fit()
-        run_dir = local.run_dir
-    elif cfg.learner.world_size > 1 and not under_torchrun():
+    if cfg.learner.world_size > 1 and not under_torchrun():
         return run_torchrun(
             cfg.learner.world_size, argv if resume_dir is None else [*argv, "--resume", resume_dir]
         )
-    else:
-        from spear_stream.learner.loop import StreamingTrainer
+    from spear_stream.learner.trainer import Trainer
 
-        trainer = StreamingTrainer(cfg, resume=resume_dir is not None)
-        results = trainer.fit()
-        run_dir = trainer.run_dir
-        if not trainer.is_main:
-            _exit_now(0)
+    trainer = Trainer(cfg, resume=resume_dir is not None)
+    results = trainer.fit()
+    run_dir = trainer.run_dir
+    if not trainer.is_main:
+        _exit_now(0)
     if results:
         (run_dir / "eval.txt").write_text(eval_table(results))
     print(f"run directory: {run_dir}")

@@ -9,8 +9,6 @@ Imports no torch: the CLI, the launcher and the replay inspector read configs wi
 """
 
 from spear_stream.config.loader import (
-    _check_ranges,
-    _coerce,
     _hints,
     _merge,
     _read_toml,
@@ -70,9 +68,7 @@ __all__ = [
     "ScheduleConfig",
     "SyncConfig",
     "TransportConfig",
-    # private helpers, kept importable from here (envs/registry.py uses _coerce and _check_ranges)
-    "_check_ranges",
-    "_coerce",
+    # private helpers
     "_hints",
     "_merge",
     "_read_toml",

@@ -9,71 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from spear_stream.config.sections import Config, ConfigError, ScheduleConfig
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a TOML value or a command-line string to the annotated type, or raise naming ``key``."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(choices)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None or (value == "none" and type(None) in get_args(tp)):
-            return None
-        return _coerce(value, args[0], key)
-    if origin is list:
-        (item_tp,) = get_args(tp)
-        if isinstance(value, str):
-            value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if isinstance(value, str):
-            value = json.loads(value)
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' expects a table, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | str | float):
-            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError as exc:
-            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}") from exc
-        if not as_float.is_integer():
-            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
-        return int(as_float)
-    if tp is float:
-        try:
-            out = float(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"config key '{key}' expects a number, got {value!r}") from exc
-        if isinstance(value, bool) or not math.isfinite(out):
-            raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
-        return out
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
-        return value
-    raise ConfigError(f"config key '{key}' has unsupported type {tp}")
+from envs.config_fields import ConfigError, check_ranges, coerce, range_text
+from spear_stream.config.sections import Config, ScheduleConfig
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -100,33 +42,7 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
                 raise ConfigError(f"config key '{dotted}' is a section; expected a table, got {value!r}")
             _merge(current, value, dotted + ".")
         else:
-            setattr(obj, key, _coerce(value, hints[key], dotted))
-
-
-def _range_text(meta: Any) -> str | None:
-    """A field's allowed range from its ``spec`` metadata, ``[lo, hi]`` / ``(lo, hi]``; None when unbounded."""
-    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
-    if lo is None and hi is None:
-        return None
-    return f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-
-
-def _check_ranges(obj: Any, prefix: str = "") -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        dotted = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            _check_ranges(value, dotted + ".")
-            continue
-        lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open", False)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
-        bad_hi = hi is not None and value > hi
-        if bad_lo or bad_hi:
-            raise ConfigError(
-                f"config key '{dotted}' = {value!r} is out of range; allowed {_range_text(f.metadata)}"
-            )
+            setattr(obj, key, coerce(value, hints[key], dotted))
 
 
 def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
@@ -182,7 +98,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate(cfg: Config) -> None:
-    _check_ranges(cfg)
+    check_ranges(cfg)
+    if len(cfg.learner.betas) != 2:
+        raise ConfigError(f"config key 'learner.betas' needs two values, got {cfg.learner.betas}")
     if cfg.algo.loss.clip_low >= 1.0:
         raise ConfigError("config key 'algo.loss.clip_low' must be < 1")
     for name in ("mu", "gamma", "sil_fraction", "sync_every", "max_staleness"):
@@ -220,7 +138,7 @@ def describe(cfg: Any, prefix: str = "") -> list[str]:
                 if get_origin(tp) is Literal
                 else getattr(tp, "__name__", str(tp))
             )
-        allowed = _range_text(f.metadata)
+        allowed = range_text(f.metadata)
         if allowed:
             kind += f", {allowed}"
         note = f.metadata.get("help", "")

@@ -5,30 +5,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from envs.config_fields import ConfigError, spec
 
-class ConfigError(ValueError):
-    """A config key is unknown, mistyped or out of range; the message names the key."""
-
-
-def spec(
-    default: Any = dataclasses.MISSING,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    lo_open: bool = False,
-    help: str = "",
-    default_factory: Any = dataclasses.MISSING,
-) -> Any:
-    """A dataclass field with a documented allowed range (``lo <= v <= hi``; ``lo < v`` if ``lo_open``)."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "help": help}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
+__all__ = ["ConfigError", "spec"]  # re-exported: the trainer's config API
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -36,7 +19,7 @@ def spec(
 
 @dataclass
 class ScheduleConfig:
-    """A value as a function of the learner step t (ALGORITHM.md section 7).
+    """A value as a function of the learner step t (docs/algorithm.md section 7).
 
     constant: start. linear: start -> end over horizon. cosine_down / cosine_up: half-cosine from start to end
     over horizon (identical shapes; the names say the intent). step: start before horizon, end from it on.
@@ -98,7 +81,6 @@ class LearnerConfig:
         "none"  # FSDP2 param dtype; grads reduce in fp32
     )
     num_threads: int = spec(1, lo=1)
-    seed: int = 0
 
 
 @dataclass
@@ -167,7 +149,7 @@ class AlgoConfig:
 
 @dataclass
 class SILConfig:
-    """Self-imitation replay (ALGORITHM.md section 6)."""
+    """Self-imitation replay (docs/algorithm.md section 6)."""
 
     enabled: bool = False
     mode: Literal["stream", "paper"] = "stream"
@@ -222,6 +204,7 @@ class ReplayConfig:
 @dataclass
 class CheckpointConfig:
     every: int = spec(0, lo=0, help="learner steps between checkpoints (0 = only at the end)")
+    keep_last: int = spec(0, lo=0, help="keep only the newest N checkpoints (0 = keep every one)")
 
 
 @dataclass

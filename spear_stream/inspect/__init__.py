@@ -1,4 +1,4 @@
-"""Read-only inspection of run directories, live or finished (DESIGN.md section 7).
+"""Read-only inspection of run directories, live or finished (docs/design.md section 7).
 
 Nothing here imports torch or transformers at module level: the replay storages are read as numpy memmaps via
 their JSON sidecars, and a tokenizer is loaded (from ``tokenizer.json`` with the ``tokenizers`` library when

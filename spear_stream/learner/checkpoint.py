@@ -6,15 +6,18 @@ Layout (one directory per checkpoint, written under a temporary name and renamed
         latest                  name of the newest complete checkpoint ("step_00000120")
         step_00000120/
             .metadata, *.distcp DCP: {"model": ..., "optimizer": ...}, each rank writes its own shards
-            extra.pt            rank 0: {name: state_dict} (learner step, policy version, curriculum, ...)
+            extra.pt            rank 0: {name: state_dict} (learner step, curriculum, replay metadata, ...)
+            tensordicts/<key>/  rank 0: every TensorDict found in ``extra`` (replay rows), memory-mapped
             rng/rank_00000.pt   each rank: python / numpy / torch (/ cuda) RNG states
             COMPLETE            written last, before the rename; a directory without it is ignored
         .step_00000130.tmp/     a save in progress (or interrupted): never read
 
-``extra`` is how other stateful parts join a checkpoint: the learner passes ``{"learner": {...},
+``extra`` is how other stateful parts join a checkpoint: the trainer passes ``{"step": ...,
 "curriculum": curriculum.state_dict(), "replay": ..., ...}``. Each value must be ``torch.save``-able
 (tensors, numbers, strings, lists, dicts); it is loaded with ``weights_only=False``, so only resume from
-checkpoints you wrote. Large stores (on-disk replay) should save their own files and put a path in ``extra``.
+checkpoints you wrote. Bulk data goes in TensorDicts: any TensorDict inside ``extra`` (at any depth of nested
+dicts) is written as its own memory-mapped directory and read back into RAM on load, so ``extra.pt`` stays a
+few kilobytes of metadata whatever the replay holds.
 
 DCP reshards on load, so a checkpoint saved with N ranks loads with M ranks. All functions here that take a
 model are collective: every rank calls them with the same path (on a filesystem all ranks share). They also
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from tensordict import TensorDict, TensorDictBase
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -51,6 +55,8 @@ CHECKPOINTS_DIR = "checkpoints"
 LATEST_POINTER = "latest"
 COMPLETE_MARKER = "COMPLETE"
 EXTRA_FILE = "extra.pt"
+TENSORDICT_DIR = "tensordicts"
+_TENSORDICT_REF = "__tensordict__"  # {_TENSORDICT_REF: relative path} stands for a TensorDict in extra.pt
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -158,7 +164,7 @@ def save_checkpoint(
         rng_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), rng_path)
     if _rank() == 0:
-        torch.save(dict(extra or {}), tmp / EXTRA_FILE)
+        torch.save(_store_tensordicts(dict(extra or {}), tmp, ""), tmp / EXTRA_FILE)
     _barrier()  # every rank's files are written before rank 0 declares the checkpoint complete
     if _rank() == 0:
         meta = {"world_size": _world_size(), "saved_at": time.time(), "torch": torch.__version__}
@@ -204,7 +210,27 @@ def load_checkpoint(
             set_rng_state(torch.load(rng_path, weights_only=False))
         else:
             warnings.warn(f"{path}: no RNG state for rank {_rank()}; keeping the current one", stacklevel=2)
-    return torch.load(path / EXTRA_FILE, weights_only=False)
+    return _load_tensordicts(torch.load(path / EXTRA_FILE, weights_only=False), path)
+
+
+def _store_tensordicts(value: Any, root: Path, key: str) -> Any:
+    """Write each TensorDict in ``value`` (nested dicts) under ``root/tensordicts/<key>``; return the references."""
+    if isinstance(value, TensorDictBase):
+        rel = f"{TENSORDICT_DIR}/{key or 'root'}"
+        value.memmap(prefix=root / rel)
+        return {_TENSORDICT_REF: rel}
+    if isinstance(value, dict):
+        return {k: _store_tensordicts(v, root, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    return value
+
+
+def _load_tensordicts(value: Any, root: Path) -> Any:
+    """Inverse of :func:`_store_tensordicts`; the data is copied into RAM (checkpoints may be pruned later)."""
+    if isinstance(value, dict):
+        if set(value) == {_TENSORDICT_REF}:
+            return TensorDict.load_memmap(root / value[_TENSORDICT_REF]).clone()
+        return {k: _load_tensordicts(v, root) for k, v in value.items()}
+    return value
 
 
 def _step_of(path: Path) -> int | None:

@@ -350,11 +350,13 @@ def loss_over_work(
     temperature: float,
     norm_len: int,
     cov: CovConfig,
-    scale: float = 1.0,
+    sil_gamma: float | None = None,
     generator: torch.Generator | None = None,
     ref_model: nn.Module | None = None,
 ) -> dict[str, float]:
     """Forward + backward of this rank's planned micro-batches (gradients accumulate; no optimizer step).
+
+    ``sil_gamma``: the self-imitation term scaled by ``gamma(t)`` instead of the on-policy term (``loss_over_rows``).
 
     Returns this rank's additive metric sums; :func:`sum_across_ranks` gives the batch totals.
     """
@@ -373,7 +375,7 @@ def loss_over_work(
             num_tokens=work.num_tokens,
             num_seqs=work.num_seqs,
             cov=cov,
-            scale=scale,
+            sil_gamma=sil_gamma,
             weights=mb.weights,
             generator=generator,
             ref_model=ref_model,

@@ -15,9 +15,9 @@ from tensordict import TensorDictBase
 
 from spear_stream.algo.advantages import discounted_returns, gigpo_advantages, grpo_advantages
 from spear_stream.algo.filters import low_variance_group_keep, row_loss_keep
-from spear_stream.algo.losses import kl_to_reference, policy_loss
+from spear_stream.algo.losses import kl_to_reference, policy_loss, sil_loss
 from spear_stream.algo.rewards import invalid_action_penalty, shaped_reward, step_reward_with_penalty
-from spear_stream.config import AlgoConfig, CovConfig
+from spear_stream.config import AlgoConfig, CovConfig, LossConfig
 from spear_stream.learner.forward import micro_batches, right_pad, token_logprobs
 
 TOKEN_KEYS = ("tokens", "loss_mask", "behavior_logp", "token_version")
@@ -97,25 +97,49 @@ def prepare_batch(rows: list[TensorDictBase], algo: AlgoConfig, mu: float) -> Pr
     return PreparedBatch(rows, advantages, keep, metrics, episode_reward, group_ids)
 
 
-def _with(row: TensorDictBase, key: str, value: torch.Tensor) -> TensorDictBase:
-    out = row.select("length")
-    out[key] = value
-    return out
+def _term_loss(
+    logp: torch.Tensor,
+    entropy: torch.Tensor | None,
+    behavior_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    loss_cfg: LossConfig,
+    *,
+    cov: CovConfig,
+    sil_gamma: float | None,
+    sample_weights: torch.Tensor | None,
+    generator: torch.Generator | None,
+    norm_len: int,
+    num_tokens: int,
+    num_seqs: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One micro-batch's loss ([B, T] tensors, ``advantages`` [B]): the on-policy or the self-imitation term.
 
-
-@torch.no_grad()
-def proximal_logprobs(
-    model, rows: list[TensorDictBase], *, temperature: float, token_budget: int
-) -> list[torch.Tensor]:
-    """Per-row log-probs under the current parameters (the decoupled loss's proximal policy)."""
-    out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
-    lengths = [int(r["length"]) for r in rows]
-    for idx in micro_batches(len(rows), lengths, token_budget):
-        mb = right_pad([rows[i] for i in idx], ("tokens",))
-        logp, _ = token_logprobs(model, mb["tokens"], mb["attention"], temperature)
-        for j, i in enumerate(idx):
-            out[i] = logp[j, : lengths[i]].clone()
-    return out
+    On-policy, ``ppo``: the trust region is anchored at the engine's behaviour log-probs. ``decoupled``
+    (AReaL): anchored at the proximal policy, which is these parameters before this optimizer step, i.e.
+    ``logp.detach()`` (no second forward: the parameters do not change between the micro-batches of one step),
+    with the importance weight ``pi_prox / pi_behav`` truncated at ``is_cap``.
+    Self-imitation (``sil_gamma`` given): :func:`~spear_stream.algo.losses.sil_loss`, against the stored behaviour
+    log-probs, without entropy bonus.
+    """
+    if sil_gamma is not None:
+        return sil_loss(
+            logp, behavior_logp, advantages, mask, gamma=sil_gamma, clip_low=loss_cfg.clip_low,
+            clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip, aggregation=loss_cfg.aggregation,
+            norm_len=norm_len, num_tokens=num_tokens, num_seqs=num_seqs, cov=cov, sample_weights=sample_weights,
+            generator=generator,
+        )  # fmt: skip
+    if loss_cfg.entropy_coef == 0 and entropy is not None:
+        entropy = entropy.detach()  # logged as loss/entropy, not optimised
+    decoupled = loss_cfg.kind == "decoupled"
+    return policy_loss(
+        logp, logp.detach() if decoupled else behavior_logp, advantages, mask, clip_low=loss_cfg.clip_low,
+        clip_high=loss_cfg.clip_high, dual_clip=loss_cfg.dual_clip, aggregation=loss_cfg.aggregation,
+        norm_len=norm_len, num_tokens=num_tokens, num_seqs=num_seqs,
+        behavior_logp=behavior_logp if decoupled else None, is_cap=loss_cfg.is_cap if decoupled else None,
+        cov=cov, entropy=entropy, entropy_coef=loss_cfg.entropy_coef, generator=generator,
+        sample_weights=sample_weights,
+    )  # fmt: skip
 
 
 def loss_over_rows(
@@ -131,13 +155,18 @@ def loss_over_rows(
     num_tokens: int,
     num_seqs: int,
     cov: CovConfig,
-    scale: float = 1.0,
+    sil_gamma: float | None = None,
     weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    prox_logp: list[torch.Tensor] | None = None,
     ref_model=None,
 ) -> dict[str, float]:
-    """Forward + backward over ``rows`` in micro-batches (gradients accumulate; no optimizer step)."""
+    """Forward + backward over ``rows`` in micro-batches (gradients accumulate; no optimizer step).
+
+    The on-policy term (:func:`~spear_stream.algo.losses.policy_loss`, ``algo.loss.kind``) by default; with
+    ``sil_gamma`` the self-imitation term :func:`~spear_stream.algo.losses.sil_loss`: ``gamma(t)`` times the
+    clipped surrogate against the stored behaviour log-probs, ``advantages`` being ``A_tilde`` and ``weights``
+    the prioritized sampler's importance weights (``docs/algorithm.md`` section 6).
+    """
     loss_cfg = algo.loss
     sums: dict[str, float] = defaultdict(float)
     lengths = [int(r["length"]) for r in rows]
@@ -145,38 +174,14 @@ def loss_over_rows(
     for idx in batches:
         mb = right_pad([rows[i] for i in idx], TOKEN_KEYS)
         mask = mb["loss_mask"] & loss_keep[idx, None]
-        logp, entropy = token_logprobs(model, mb["tokens"], mb["attention"], temperature, with_entropy=True)
-        if loss_cfg.entropy_coef == 0 and entropy is not None:
-            entropy = entropy.detach()  # logged as loss/entropy, not optimised
-        decoupled = loss_cfg.kind == "decoupled"
-        old_logp = mb["behavior_logp"]
-        if decoupled:  # proximal policy = these parameters before this optimizer step (AReaL)
-            if prox_logp is not None:
-                old_logp = right_pad([_with(rows[i], "prox", prox_logp[i]) for i in idx], ("prox",))["prox"]
-            else:
-                with torch.no_grad():
-                    old_logp, _ = token_logprobs(model, mb["tokens"], mb["attention"], temperature)
-        adv = advantages[idx, None].expand_as(logp)
-        loss, m = policy_loss(
-            logp,
-            old_logp,
-            adv,
-            mask,
-            clip_low=loss_cfg.clip_low,
-            clip_high=loss_cfg.clip_high,
-            dual_clip=loss_cfg.dual_clip,
-            aggregation=loss_cfg.aggregation,
-            norm_len=norm_len,
-            num_tokens=num_tokens,
-            num_seqs=num_seqs,
-            behavior_logp=mb["behavior_logp"] if decoupled else None,
-            is_cap=loss_cfg.is_cap if decoupled else None,
-            cov=cov,
-            entropy=entropy,
-            entropy_coef=loss_cfg.entropy_coef,
-            generator=generator,
-            sample_weights=None if weights is None else weights[idx],  # prioritized-replay importance weights
+        logp, entropy = token_logprobs(
+            model, mb["tokens"], mb["attention"], temperature, with_entropy=sil_gamma is None
         )
+        loss, m = _term_loss(
+            logp, entropy, mb["behavior_logp"], advantages[idx], mask, loss_cfg, cov=cov, sil_gamma=sil_gamma,
+            sample_weights=None if weights is None else weights[idx], generator=generator, norm_len=norm_len,
+            num_tokens=num_tokens, num_seqs=num_seqs,
+        )  # fmt: skip
         if ref_model is not None and loss_cfg.kl_coef > 0:  # KL to a frozen reference (off in Dr.BoT)
             with torch.no_grad():
                 ref_logp, _ = token_logprobs(ref_model, mb["tokens"], mb["attention"], temperature)
@@ -191,9 +196,9 @@ def loss_over_rows(
             )
             loss = loss + loss_cfg.kl_coef * kl
             m.update(kl_metrics)
-        (loss * scale).backward()
+        loss.backward()
         weight = float(mask.sum()) / max(num_tokens, 1)
-        sums["loss/policy"] += float(loss.detach()) * scale
+        sums["loss/policy"] += float(loss.detach())
         for key, value in m.items():
             sums[f"loss/{key}"] += float(value) * weight
     return dict(sums)

@@ -119,12 +119,14 @@ class FreshReplay:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Live groups (padded rows in FIFO order) and counters: plain tensors and ints, for DCP or torch.save."""
+        """Live groups (padded rows in FIFO order, one TensorDict or None) and counters.
+
+        The rows stay a TensorDict so that the checkpoint writes them as a memory-mapped directory of their own.
+        """
         sizes = [len(group.slots) for group in self._groups]
-        rows: dict[str, torch.Tensor] = {}
+        rows = None
         if sizes:
-            padded = self._rb[torch.cat([group.slots for group in self._groups])]
-            rows = {key: padded[key] for key in ALL_FIELDS}
+            rows = self._rb[torch.cat([group.slots for group in self._groups])].select(*ALL_FIELDS)
         return {
             "rows": rows,
             "group_sizes": sizes,
@@ -139,7 +141,7 @@ class FreshReplay:
         self._cursor = 0
         sizes = [int(n) for n in state["group_sizes"]]
         if sizes:
-            rows = TensorDict(dict(state["rows"]), batch_size=[sum(sizes)])
+            rows = state["rows"]
             for start, end in _spans(sizes):
                 self._append(rows[start:end])
         self.write_count = int(state["write_count"])

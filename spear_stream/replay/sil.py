@@ -1,4 +1,4 @@
-"""The SPEAR self-imitation buffer (ALGORITHM.md section 6) on torchrl parts.
+"""The SPEAR self-imitation buffer (docs/algorithm.md section 6) on torchrl parts.
 
 A ``TensorDictReplayBuffer`` over ``LazyMemmapStorage`` (on disk under ``<storage_dir>/sil/storage``) or
 ``LazyTensorStorage`` (RAM) holds padded schema rows (``schema.pad_rows``) plus ``sil_reward``,
@@ -317,12 +317,9 @@ class SILBuffer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Live entries (padded, oldest first), their metadata, the FIFO, step and counters: tensors and ints."""
+        """Live entries (padded, oldest first, one TensorDict or None), their metadata, the FIFO, step, counters."""
         slots = self._live_in_age_order()
-        rows: dict[str, torch.Tensor] = {}
-        if slots.numel():
-            padded = self._rb[slots]
-            rows = {key: padded[key] for key in ALL_FIELDS}
+        rows = self._rb[slots].select(*ALL_FIELDS) if slots.numel() else None  # a TensorDict: its own files
         return {
             "rows": rows,
             "reward": self._reward[slots].clone(),
@@ -338,7 +335,7 @@ class SILBuffer:
         self._clear()
         n = int(state["entry_step"].numel())
         if n:
-            padded = TensorDict(dict(state["rows"]), batch_size=[n])
+            padded = state["rows"]
             if padded["tokens"].shape[-1] != self.max_len:
                 raise ValueError(
                     f"checkpointed SIL rows have length {padded['tokens'].shape[-1]}, not {self.max_len}"

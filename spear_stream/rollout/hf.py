@@ -2,7 +2,7 @@
 
 Written instead of ``model.generate`` because we need, per token, the log-prob under the *same* distribution the
 learner recomputes (HF's generate/torchrl's wrapper zero the first token's log-prob and apply top-k=50 by
-default, see notes), the policy version of each token, and a hook between decode chunks to swap weights.
+default; see docs/design.md section 10), the policy version of each token, and a hook between decode chunks to swap weights.
 Prompts are left-padded; position ids follow the attention mask, so each row sees exactly its own prefix.
 """
 

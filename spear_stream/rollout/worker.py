@@ -17,7 +17,7 @@ from tensordict import TensorDict
 
 from envs import Task, make_env
 from envs.base import Env
-from spear_stream.algo.filters import is_repetitive
+from spear_stream.algo.filters import is_repetitive, is_unreadable
 from spear_stream.rollout.chat import ChatFormat
 from spear_stream.rollout.engine import Generation, RolloutEngine, SamplingParams
 from spear_stream.rollout.episode import EpisodeRecorder, RowIds
@@ -165,7 +165,7 @@ class RolloutWorker:
                     n_tool_calls=e.n_tool_calls,
                     incomplete=e.incomplete,
                     repetitive=is_repetitive(torch.tensor(generated), *self.ngram) if generated else False,
-                    unreadable=any("\ufffd" in t for t in e.recorder.generated_texts),
+                    unreadable=any(is_unreadable(t) for t in e.recorder.generated_texts),
                 )
             results.append(
                 GroupResult(

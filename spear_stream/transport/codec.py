@@ -1,4 +1,4 @@
-"""A group of rows <-> ZeroMQ frames (DESIGN.md section 4, notes/torchrl-map.md section 3).
+"""A group of rows <-> ZeroMQ frames (docs/design.md section 4, docs/design.md section 10).
 
 Wire format of one group (worker -> learner), two frames:
 

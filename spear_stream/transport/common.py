@@ -1,4 +1,4 @@
-"""Rollout channel worker -> learner over ZeroMQ, with credit-based flow control (DESIGN.md section 4).
+"""Rollout channel worker -> learner over ZeroMQ, with credit-based flow control (docs/design.md section 4).
 
 Sockets: each worker's :class:`~spear_stream.transport.sender.RolloutSender` is a DEALER with routing id
 ``worker-<id>``, connected to the learner's :class:`~spear_stream.transport.receiver.RolloutReceiver`, a ROUTER

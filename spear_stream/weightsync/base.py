@@ -4,7 +4,7 @@ The learner publishes a full state dict with a policy version; the publisher ret
 :class:`WeightAnnouncement` that the ZeroMQ transport carries to the workers; a worker hands it to its
 subscriber, which fetches the tensors by whatever method the announcement names, between generation chunks.
 
-Why our own layer rather than torchrl's weight-sync schemes (notes/torchrl-map.md): those take
+Why our own layer rather than torchrl's weight-sync schemes (docs/design.md section 10): those take
 ``model.state_dict()`` (DTensor shards under FSDP2, so no FSDP support) and sync LLM engines only over
 NCCL + HTTP (GPU-only). Here the learner gathers the full state dict itself and any method can carry it.
 Every method bounds every wait by a timeout and raises :class:`WeightSyncError` naming the method, the

@@ -104,6 +104,26 @@ def test_save_load_in_one_process_round_trips_everything(tiny_model_dir, tmp_pat
     assert load_checkpoint(path, fresh, fresh_opt)["learner"] == {"step": 1}
 
 
+def test_tensordicts_in_extra_get_files_of_their_own(tmp_path):
+    """Bulk state (replay rows) is memory-mapped beside extra.pt, not pickled into it, and comes back in RAM."""
+    from tensordict import TensorDict
+
+    model = torch.nn.Linear(2, 2)
+    rows = TensorDict({"tokens": torch.arange(40_000).reshape(100, 400)}, batch_size=[100])
+    extra = {"step": 3, "replay": {"fresh": {"rows": rows, "group_sizes": [50, 50]}, "sil": None}}
+    path = save_checkpoint(checkpoint_path(tmp_path, 3), model, None, extra, save_rng=False)
+    assert (path / "extra.pt").stat().st_size < 4096  # 320 kB of tokens live elsewhere
+    assert (path / "tensordicts" / "replay.fresh.rows").is_dir()
+    loaded = load_checkpoint(path, torch.nn.Linear(2, 2), restore_rng=False)
+    assert (
+        loaded["step"] == 3
+        and loaded["replay"]["sil"] is None
+        and loaded["replay"]["fresh"]["group_sizes"] == [50, 50]
+    )
+    back = loaded["replay"]["fresh"]["rows"]
+    assert torch.equal(back["tokens"], rows["tokens"]) and not back.is_memmap()  # a RAM copy: pruning is safe
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Resume across processes (world size 1 and 2), and with a different world size
 # ---------------------------------------------------------------------------------------------------------

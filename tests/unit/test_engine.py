@@ -18,7 +18,7 @@ def test_sampled_logprobs_match_teacher_forced_recompute(tiny_model_dir):
             seq = torch.tensor([prompt + gen.token_ids])
             logp, _ = token_logprobs(model, seq, torch.ones_like(seq), temperature)
             recomputed = logp[0, len(prompt) :]
-            # includes the first generated token (torchrl's wrapper zeroes it: bug B2 in the notes)
+            # includes the first generated token (torchrl's wrapper zeroes it; docs/design.md section 10)
             assert recomputed.shape[0] == len(gen.token_ids) == 24
             assert (recomputed - torch.tensor(gen.logprobs)).abs().max() < 1e-4
 

@@ -124,7 +124,7 @@ def test_state_round_trip(storage_dir: Path | None, tmp_path: Path) -> None:
     torch.save(replay.state_dict(), tmp_path / "fresh.pt")
     restored_dir = None if storage_dir is None else tmp_path / "restored"
     restored = FreshReplay(capacity=16, max_len=MAX_LEN, storage_dir=restored_dir)
-    restored.load_state_dict(torch.load(tmp_path / "fresh.pt", weights_only=True))
+    restored.load_state_dict(torch.load(tmp_path / "fresh.pt", weights_only=False))
     assert restored.stats() == replay.stats()
     if restored_dir is not None:
         assert json.loads((restored_dir / "fresh" / "meta.json").read_text())["len"] == 4
