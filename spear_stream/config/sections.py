@@ -58,8 +58,10 @@ class RolloutConfig:
     top_k: int = spec(0, lo=0, help="0 = whole vocabulary")
     max_new_tokens: int = spec(32, lo=1, help="per assistant turn")
     max_seq_len: int = spec(1024, lo=8, help="whole row: prompt + all turns")
-    batch_size: int = spec(128, lo=1, help="sequences decoded in lockstep")
-    sglang_urls: list[str] = field(default_factory=list)
+    batch_size: int = spec(128, lo=1, help="in-process engine: most sequences decoded together")
+    max_concurrent_episodes: int = spec(128, lo=1, help="episodes in flight per worker (and in evaluation)")
+    sglang_urls: list[str] = field(default_factory=list)  # rollout.engine = "sglang": the servers' base URLs
+    request_timeout_s: float = spec(600.0, lo=0.0, lo_open=True, help="server engines: one request's limit")
     num_threads: int = spec(1, lo=1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -12,24 +13,17 @@ from envs import Task
 from spear_stream.config import Config
 from spear_stream.learner.forward import micro_batches, right_pad, token_logprobs
 from spear_stream.models import load_model, load_tokenizer
+from spear_stream.rollout.agent import AgentLoop
 from spear_stream.rollout.chat import ChatFormat
 from spear_stream.rollout.engine import SamplingParams
-from spear_stream.rollout.worker import RolloutWorker
 from spear_stream.utils import progress, set_threads
 
 
-def expert_rows(worker: RolloutWorker, n_episodes: int, seed: int, batch: int = 256) -> list:
-    rng = random.Random(seed)
-    policy = worker.expert_policy(rng)
-    rows = []
-    for start in range(0, n_episodes, batch):
-        tasks = [
-            Task(task_id=i, seed=seed * 7919 + i, split="train")
-            for i in range(start, min(n_episodes, start + batch))
-        ]
-        for group in worker.run_groups(tasks, 1, policy):
-            rows += group.rows
-    return rows
+def expert_rows(loop: AgentLoop, n_episodes: int, seed: int) -> list:
+    """Rows of ``n_episodes`` scripted-expert episodes (training split), as the agent loop records them."""
+    tasks = [Task(task_id=i, seed=seed * 7919 + i, split="train") for i in range(n_episodes)]
+    groups = asyncio.run(loop.run_groups(tasks, 1, loop.expert_policy(random.Random(seed)), 256))
+    return [row for group in groups for row in group.rows]
 
 
 def sft_loss(model, rows: list, token_budget: int) -> torch.Tensor:
@@ -52,10 +46,10 @@ def run_sft(cfg: Config, out: str | Path | None = None) -> Path:
     tokenizer = load_tokenizer(cfg.model.path)
     model = load_model(cfg.model.path, cfg.model.dtype)
     fmt = ChatFormat(tokenizer)
-    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, stop_ids=fmt.stop_ids)
-    worker = RolloutWorker(fmt, cfg.env.name, cfg.env.params, sampling, cfg.rollout.max_seq_len)
+    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, stop_ids=tuple(fmt.stop_ids))
+    loop = AgentLoop(fmt, cfg.env.name, cfg.env.params, sampling, cfg.rollout.max_seq_len)
     t0 = time.time()
-    rows = expert_rows(worker, cfg.sft.demos, cfg.seed)
+    rows = expert_rows(loop, cfg.sft.demos, cfg.seed)
     won = sum(bool(r["success"]) for r in rows) / max(len(rows), 1)
     print(
         f"sft: {len(rows)} expert rows from {cfg.sft.demos} episodes (expert row success {won:.1%}) "

@@ -15,13 +15,14 @@ A user can pass any object with these methods to ``Trainer(cfg, source=...)``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDictBase, lazy_stack
 
 from envs import Task
 from spear_stream.algo.curriculum import CurriculumValues
@@ -99,22 +100,25 @@ class InProcessSource:
 
     def __init__(self, cfg: Config, tokenizer) -> None:
         from spear_stream.models import load_model
+        from spear_stream.rollout.agent import AgentLoop
         from spear_stream.rollout.chat import ChatFormat
         from spear_stream.rollout.engine import SamplingParams
         from spear_stream.rollout.hf import HFEngine
-        from spear_stream.rollout.worker import RolloutWorker
 
         self.cfg = cfg
         fmt = ChatFormat(tokenizer)
         r, f = cfg.rollout, cfg.algo.filters
-        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, fmt.stop_ids)
-        self.worker = RolloutWorker(
+        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(fmt.stop_ids))
+        self.loop = AgentLoop(
             fmt, cfg.env.name, cfg.env.params, sampling, r.max_seq_len, ngram=(f.ngram, f.ngram_repeats)
         )
         self.engine = HFEngine(
-            load_model(cfg.model.path, cfg.model.dtype), seed=cfg.seed, pad_id=tokenizer.pad_token_id or 0
+            load_model(cfg.model.path, cfg.model.dtype),
+            seed=cfg.seed,
+            pad_id=tokenizer.pad_token_id or 0,
+            max_batch=r.batch_size,
         )
-        self.policy = self.worker.engine_policy(self.engine)
+        self.policy = self.loop.engine_policy(self.engine)
         self.rng = random.Random(cfg.seed)
         self.counts = RolloutCounts()
 
@@ -132,9 +136,12 @@ class InProcessSource:
         tasks = [
             Task(task_id=self.rng.randrange(2**31), seed=self.rng.randrange(2**31)) for _ in range(missing)
         ]
-        for group in self.worker.run_groups(tasks, self.cfg.env.group_size, self.policy):
+        run = self.loop.run_groups(
+            tasks, self.cfg.env.group_size, self.policy, self.cfg.rollout.max_concurrent_episodes
+        )
+        for group in asyncio.run(run):
             replay.extend_group(group.rows)
-            self.counts.add(replay_rows(group.rows))
+            self.counts.add(lazy_stack(group.rows))
 
     def publish(self, state: dict[str, torch.Tensor], version: int) -> None:
         self.engine.load_weights(state, version)
@@ -152,20 +159,13 @@ class InProcessSource:
         return {
             "counts": self.counts.state_dict(),
             "rng": self.rng.getstate(),
-            "worker_groups": self.worker.groups_started,
+            "groups": self.loop.groups_started,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.counts.load_state_dict(state["counts"])
         self.rng.setstate(state["rng"])
-        self.worker.groups_started = state["worker_groups"]
-
-
-def replay_rows(rows: list[TensorDictBase]) -> TensorDictBase:
-    """A list of schema rows as one lazily stacked TensorDict (what the transport delivers)."""
-    from tensordict import lazy_stack
-
-    return lazy_stack(list(rows))
+        self.loop.groups_started = state["groups"]
 
 
 def make_source(cfg: Config, tokenizer) -> RolloutSource:

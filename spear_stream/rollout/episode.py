@@ -65,6 +65,7 @@ class EpisodeRecorder:
         self.truncated_by_length = False
         self.generated_texts: list[str] = []
         self.generated_ids: list[list[int]] = []
+        self.pending: Generation | None = None  # a turn cut short by the engine, being resumed
 
     # ---------------------------------------------------------------- building
     def start(self, obs: Observation) -> None:
@@ -74,7 +75,9 @@ class EpisodeRecorder:
         self.segments.append(seg)
 
     def prompt(self) -> list[int]:
-        return self.segments[-1].tokens
+        """The next request's tokens: the row so far, plus the partial turn being resumed (if any)."""
+        tokens = self.segments[-1].tokens
+        return tokens + self.pending.token_ids if self.pending is not None else tokens
 
     def fits(self, max_new_tokens: int) -> bool:
         """Whether another turn of ``max_new_tokens`` fits into ``max_seq_len`` (else the episode is cut)."""

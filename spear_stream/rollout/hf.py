@@ -1,19 +1,27 @@
-"""In-process transformers engine: batched lockstep sampling with a KV cache and exact per-token log-probs.
+"""In-process transformers engine: continuous batching over one shared KV cache, exact per-token log-probs.
+
+Each ``await generate(prompt, params)`` is one request. A scheduler task decodes every running request together,
+``chunk_size`` tokens at a time; between chunks it admits the requests that arrived (prefilled as a batch, then
+merged into the running batch's cache), resolves the finished ones and applies a pending weight update, so a
+request that spans an update carries both versions in its tokens. Rows are left-padded; position ids follow the
+attention mask, so each row sees exactly its own prefix. The model runs in a worker thread (torch releases the
+GIL), so the event loop keeps stepping environments while the model decodes.
 
 Written instead of ``model.generate`` because we need, per token, the log-prob under the *same* distribution the
-learner recomputes (HF's generate/torchrl's wrapper zero the first token's log-prob and apply top-k=50 by
-default; see docs/design.md section 10), the policy version of each token, and a hook between decode chunks to swap weights.
-Prompts are left-padded; position ids follow the attention mask, so each row sees exactly its own prefix.
+learner recomputes (HF's generate and torchrl's wrapper zero the first token's log-prob and apply top-k 50 by
+default; docs/design.md section 10), the policy version of each token, and requests that join and leave a
+running batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
-from spear_stream.rollout.engine import Generation, SamplingParams
+from spear_stream.rollout.engine import FinishReason, Generation, SamplingParams
 
 
 def sample_tokens(
@@ -46,80 +54,270 @@ def sample_tokens(
     return tokens, scaled_logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-class HFEngine:
-    """Rollout engine over any local HF causal LM (the CPU default)."""
+@dataclass(eq=False)
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    future: asyncio.Future
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
 
-    def __init__(self, model, *, seed: int = 0, chunk_size: int = 8, pad_id: int = 0) -> None:
+    def result(self) -> Generation:
+        return Generation(self.tokens, self.logprobs, self.versions, self.finish or "length")
+
+
+class _Batch:
+    """Running requests sharing one left-padded KV cache; ``logits`` [B, V] are the next tokens' logits."""
+
+    def __init__(
+        self, requests: list[_Request], cache: DynamicCache, attention: torch.Tensor, logits
+    ) -> None:
+        self.requests, self.cache, self.attention, self.logits = requests, cache, attention, logits
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.attention.sum(-1, keepdim=True)  # [B, 1]: the next token's position in its own sequence
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(layer.keys, layer.values) for layer in self.cache.layers]  # type: ignore[union-attr,misc]
+
+    @staticmethod
+    def merge(a: _Batch, b: _Batch) -> _Batch:
+        """One batch of both: the shorter cache is left-padded with masked zeros to the longer one's length."""
+        width = max(a.attention.shape[1], b.attention.shape[1])
+
+        def pad(
+            x: torch.Tensor, n: int
+        ) -> torch.Tensor:  # left-pad the sequence dim (-2 for KV, -1 for masks)
+            if n == 0:
+                return x
+            shape = list(x.shape)
+            dim = -2 if x.dim() == 4 else -1
+            shape[dim] = n
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        pa, pb = width - a.attention.shape[1], width - b.attention.shape[1]
+        kv = [
+            (torch.cat([pad(ka, pa), pad(kb, pb)]), torch.cat([pad(va, pa), pad(vb, pb)]))
+            for (ka, va), (kb, vb) in zip(a.layers(), b.layers())
+        ]
+        attention = torch.cat([pad(a.attention, pa), pad(b.attention, pb)])
+        return _Batch(a.requests + b.requests, DynamicCache(kv), attention, torch.cat([a.logits, b.logits]))
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every other row, then the leading columns that no remaining row attends to."""
+        index = torch.tensor(rows, dtype=torch.long)
+        self.requests = [self.requests[i] for i in rows]
+        self.attention, self.logits = self.attention[index], self.logits[index]
+        first = int(self.attention.any(0).float().argmax())  # first column some row still uses
+        kv = [(k[index, :, first:], v[index, :, first:]) for k, v in self.layers()]
+        self.attention = self.attention[:, first:]
+        self.cache = DynamicCache(kv)
+
+
+class HFEngine:
+    """Rollout engine over any local HF causal LM (the CPU default); see the module docstring."""
+
+    def __init__(
+        self, model, *, seed: int = 0, chunk_size: int = 8, pad_id: int = 0, max_batch: int = 128
+    ) -> None:
         self.model = model.eval()
         self.version = 0
-        self.chunk_size = chunk_size
-        self.pad_id = pad_id
+        self.chunk_size, self.pad_id, self.max_batch = chunk_size, pad_id, max_batch
         self.generator = torch.Generator().manual_seed(seed)
+        self._waiting: list[_Request] = []
+        self._by_rid: dict[str, _Request] = {}
+        self._batch: _Batch | None = None
+        self._pending_weights: tuple[dict[str, torch.Tensor], int] | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._last_tokens = torch.zeros(0, dtype=torch.long)  # the running rows' newest tokens
+        self.decode_steps = 0  # batched forward passes (prefills and decode steps), for benchmarks
+
+    # ------------------------------------------------------------------ public
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        affinity: int | None = None,
+        rid: str | None = None,
+    ) -> Generation:
+        """``rid`` names the request for :meth:`abort` (an inference server built on this engine uses it)."""
+        if not prompt_ids:
+            raise ValueError("a prompt needs at least one token")
+        self._ensure_scheduler()
+        assert self._wake is not None
+        request = _Request(list(prompt_ids), params, asyncio.get_running_loop().create_future())
+        if rid is not None:
+            self._by_rid[rid] = request
+        self._waiting.append(request)
+        self._wake.set()
+        try:
+            return await request.future
+        finally:
+            if rid is not None:
+                self._by_rid.pop(rid, None)
+
+    def abort(self, rid: str | None = None) -> int:
+        """End request ``rid`` (every request if None) at the next decode step, with ``finish_reason`` "abort"
+        and the tokens it has; returns how many requests were flagged."""
+        requests = (
+            list(self._by_rid.values()) if rid is None else [self._by_rid[rid]] if rid in self._by_rid else []
+        )
+        for request in requests:
+            if request.finish is None:
+                request.finish = "abort"
+        if requests and self._wake is not None:
+            self._wake.set()
+        return len(requests)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        # strict=False: tied weights arrive once (lm_head shares embed_tokens).
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if missing or unexpected:
-            raise ValueError(
-                f"weight update does not match the model: missing={missing} unexpected={unexpected}"
-            )
+        """Queue new weights; the scheduler loads them between decode chunks (now, if nothing is running)."""
+        self._check_keys(state_dict)
+        self._pending_weights = (state_dict, version)
+        if self._batch is None and not self._waiting:
+            self._apply_weights()
+        elif self._wake is not None:
+            self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+    # ------------------------------------------------------------------ scheduler
+    def _ensure_scheduler(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            # a new event loop (each asyncio.run of an in-process source) gets its own scheduler task
+            self._wake = asyncio.Event()
+            self._batch = None
+            self._task = loop.create_task(self._schedule())
+
+    async def _schedule(self) -> None:
+        assert self._wake is not None
+        try:
+            while True:
+                if self._batch is None and not self._waiting:
+                    self._wake.clear()
+                    await self._wake.wait()
+                self._apply_weights()
+                finished = await asyncio.to_thread(self._run_chunk)
+                for request in finished:
+                    if not request.future.done():
+                        request.future.set_result(request.result())
+        except BaseException as exc:  # a model error fails every request instead of hanging them
+            for request in [*(self._batch.requests if self._batch else []), *self._waiting]:
+                if not request.future.done():
+                    request.future.set_exception(
+                        exc if isinstance(exc, Exception) else RuntimeError("engine closed")
+                    )
+            self._batch, self._waiting = None, []
+            raise
+
+    def _apply_weights(self) -> None:
+        if self._pending_weights is None:
+            return
+        state, version = self._pending_weights
+        self._pending_weights = None
+        self.model.load_state_dict(
+            state, strict=False
+        )  # tied weights arrive once (lm_head shares embed_tokens)
         self.version = version
 
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[list[int]],
-        params: SamplingParams,
-        between_chunks: Callable[[], None] | None = None,
-    ) -> list[Generation]:
-        if not prompts:
-            return []
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        batch = len(prompts)
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
-            attention[i, width - len(prompt) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache
-        )
-        logits = out.logits[:, -1, :]
-        next_position = attention.sum(-1, keepdim=True)
-        stop = torch.tensor(sorted(set(params.stop_ids)), dtype=torch.long)
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        logprobs: list[list[float]] = [[] for _ in range(batch)]
-        versions: list[list[int]] = [[] for _ in range(batch)]
-        finished = torch.zeros(batch, dtype=torch.bool)
-        stopped = torch.zeros(batch, dtype=torch.bool)
-        for step in range(params.max_new_tokens):
-            new_tokens, new_logprobs = sample_tokens(logits, params, self.generator)
-            for i in torch.nonzero(~finished).flatten().tolist():
-                tokens[i].append(int(new_tokens[i]))
-                logprobs[i].append(float(new_logprobs[i]))
-                versions[i].append(self.version)
-            hit_stop = torch.isin(new_tokens, stop) & ~finished
-            stopped |= hit_stop
-            finished |= hit_stop
-            if bool(finished.all()) or step + 1 == params.max_new_tokens:
-                break
-            if between_chunks is not None and (step + 1) % self.chunk_size == 0:
-                between_chunks()  # may load new weights: later tokens carry the new version
-            attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long)], dim=1)
-            out = self.model(
-                input_ids=new_tokens[:, None],
-                attention_mask=attention,
-                position_ids=next_position,
-                past_key_values=cache,
+    def _check_keys(self, state_dict: dict[str, torch.Tensor]) -> None:
+        own = set(self.model.state_dict())
+        missing = [k for k in own - set(state_dict) if not k.endswith("lm_head.weight")]
+        unexpected = sorted(set(state_dict) - own)
+        if missing or unexpected:
+            raise ValueError(
+                f"weight update does not match the model: missing={sorted(missing)} unexpected={unexpected}"
             )
-            next_position = next_position + 1
-            logits = out.logits[:, -1, :]
-        return [
-            Generation(tokens[i], logprobs[i], versions[i], "stop" if bool(stopped[i]) else "length")
-            for i in range(batch)
-        ]
+
+    @torch.no_grad()
+    def _run_chunk(self) -> list[_Request]:
+        """Admit waiting requests, then decode up to ``chunk_size`` tokens; returns the requests that finished."""
+        finished = [r for r in self._waiting if r.finish == "abort"]  # aborted before prefill: no tokens
+        self._waiting = [r for r in self._waiting if r.finish is None]
+        room = self.max_batch - (len(self._batch.requests) if self._batch else 0)
+        admit, self._waiting = self._waiting[:room], self._waiting[room:]
+        if admit:
+            new = self._prefill(admit)
+            self._batch = new if self._batch is None else _Batch.merge(self._batch, new)
+        for _ in range(self.chunk_size):
+            if self._batch is None:
+                break
+            finished += self._sample_and_retire()
+            if self._batch is not None:
+                self._decode_step()
+        return finished
+
+    def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
+        self.decode_steps += 1
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache)
+        return out.logits[:, -1, :]
+
+    def _prefill(self, requests: list[_Request]) -> _Batch:
+        width = max(len(r.prompt) for r in requests)
+        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):
+            input_ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
+            attention[i, width - len(r.prompt) :] = 1
+        cache = DynamicCache()
+        logits = self._forward(input_ids, attention, (attention.cumsum(-1) - 1).clamp(min=0), cache)
+        return _Batch(requests, cache, attention, logits)
+
+    def _sample_and_retire(self) -> list[_Request]:
+        """Sample one token for every running request from the pending logits; retire the finished ones."""
+        batch = self._batch
+        assert batch is not None
+        aborted = [i for i, r in enumerate(batch.requests) if r.finish == "abort"]
+        if aborted:
+            done_requests = [batch.requests[i] for i in aborted]
+            running = [i for i, r in enumerate(batch.requests) if r.finish != "abort"]
+            if not running:
+                self._batch = None
+                return done_requests
+            batch.keep(running)
+            return done_requests + self._sample_and_retire()
+        tokens = torch.empty(len(batch.requests), dtype=torch.long)
+        logprobs = torch.empty(len(batch.requests))
+        by_params: dict[SamplingParams, list[int]] = {}
+        for i, r in enumerate(batch.requests):
+            by_params.setdefault(r.params, []).append(i)
+        for params, rows in by_params.items():
+            idx = torch.tensor(rows)
+            tokens[idx], logprobs[idx] = sample_tokens(batch.logits[idx], params, self.generator)
+        done: list[int] = []
+        alive: list[int] = []
+        for i, r in enumerate(batch.requests):
+            token = int(tokens[i])
+            r.tokens.append(token)
+            r.logprobs.append(float(logprobs[i]))
+            r.versions.append(self.version)
+            if token in r.params.stop_ids:
+                r.finish = "stop"
+            elif len(r.tokens) >= r.params.max_new_tokens:
+                r.finish = "length"
+            (done if r.finish else alive).append(i)
+        done_requests = [batch.requests[i] for i in done]
+        if not alive:
+            self._batch = None
+        elif done:
+            batch.keep(alive)
+            tokens = tokens[torch.tensor(alive)]
+        self._last_tokens = tokens
+        return done_requests
+
+    def _decode_step(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        positions = batch.positions
+        batch.attention = torch.cat(
+            [batch.attention, torch.ones((len(batch.requests), 1), dtype=torch.long)], 1
+        )
+        batch.logits = self._forward(self._last_tokens[:, None], batch.attention, positions, batch.cache)

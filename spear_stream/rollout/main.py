@@ -1,17 +1,18 @@
-"""A rollout worker process: generate groups against credits, stream them to the learner, apply new weights.
+"""A rollout worker process: run episodes against credits, stream each group to the learner as it ends.
 
 Started by the learner (``spear-stream train``) or by hand on another machine::
 
     spear-stream rollout --connect tcp://LEARNER:PORT --run-token TOKEN --config run_dir/config.toml
 
-Weights are swapped between generation chunks (``HFEngine`` hook), so in-flight sequences continue under the new
-policy and their tokens carry both versions. The worker exits on a ``stop`` message, when its parent dies
+Every episode is its own asyncio task (``rollout/agent.py``); the engine is the in-process one (new weights are
+fetched here and swapped in between decode chunks) or SGLang servers (updated by the learner). The worker exits on a ``stop`` message, when its parent dies
 (PR_SET_PDEATHSIG, so a killed learner leaves no orphans) or when the learner stops granting credits.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import logging
 import os
@@ -22,11 +23,11 @@ import time
 
 from envs import Task
 from spear_stream.config import Config, load_config
-from spear_stream.models import load_model, load_tokenizer
+from spear_stream.models import load_tokenizer
+from spear_stream.rollout.agent import AgentLoop
 from spear_stream.rollout.chat import ChatFormat
-from spear_stream.rollout.engine import SamplingParams
+from spear_stream.rollout.engine import SamplingParams, make_engine
 from spear_stream.rollout.hf import HFEngine
-from spear_stream.rollout.worker import RolloutWorker
 from spear_stream.transport.sender import ChannelStopped, CreditTimeout, RolloutSender
 from spear_stream.utils import keep_large_buffers, set_threads
 from spear_stream.weightsync.base import (
@@ -56,17 +57,11 @@ class WorkerProcess:
         # first, before libzmq's threads start: each group is consolidated into a fresh buffer (see the helper)
         keep_large_buffers()
         set_threads(cfg.rollout.num_threads)
-        tokenizer = load_tokenizer(cfg.model.path)
-        self.fmt = ChatFormat(tokenizer)
-        self.engine = HFEngine(
-            load_model(cfg.model.path, cfg.model.dtype),
-            seed=cfg.seed * 1000 + worker_id,
-            pad_id=tokenizer.pad_token_id or 0,
-        )
-        r = cfg.rollout
-        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, self.fmt.stop_ids)
-        f = cfg.algo.filters
-        self.worker = RolloutWorker(
+        self.fmt = ChatFormat(load_tokenizer(cfg.model.path))
+        self.engine = make_engine(cfg, seed=cfg.seed * 1000 + worker_id)
+        r, f = cfg.rollout, cfg.algo.filters
+        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(self.fmt.stop_ids))
+        self.loop = AgentLoop(
             self.fmt,
             cfg.env.name,
             cfg.env.params,
@@ -75,21 +70,31 @@ class WorkerProcess:
             worker_id,
             ngram=(f.ngram, f.ngram_repeats),
         )
-        self.worker.groups_started = incarnation << 24  # a replacement worker never reuses group ids
+        self.loop.groups_started = incarnation << 24  # a replacement worker never reuses group ids
         self.sender = RolloutSender(
             address, worker_id=worker_id, run_token=run_token, send_timeout_s=cfg.sync.timeout_s
         )
-        self.subscriber = make_subscriber(cfg.sync.method, timeout_s=cfg.sync.timeout_s)
+        # in-process engines fetch the weights the learner announces; servers are updated by the learner itself
+        self.subscriber = (
+            None
+            if cfg.sync.method.startswith("sglang")
+            else make_subscriber(cfg.sync.method, timeout_s=cfg.sync.timeout_s)
+        )
         self.rng = random.Random(f"{cfg.seed}/{worker_id}/{incarnation}")
-        self.max_groups = max(1, r.batch_size // cfg.env.group_size)
+        self.max_groups_in_flight = max(1, r.max_concurrent_episodes // cfg.env.group_size)
         self.sync_errors = 0
         self.skipped_version = -1
 
     def apply_weights(self) -> None:
-        """Poll control messages; load the newest announced weights if newer than ours."""
-        self.sender.poll(0)
+        """Load the newest announced weights into the in-process engine if newer than its own.
+
+        The engine swaps them in between decode chunks: in-flight episodes continue under the new policy and
+        their tokens carry both versions.
+        """
         ann = self.sender.latest_weights
-        if ann is None or ann.version <= max(self.engine.version, self.skipped_version):
+        if self.subscriber is None or not isinstance(self.engine, HFEngine) or ann is None:
+            return
+        if ann.version <= max(self.engine.version, self.skipped_version):
             return
         try:
             announcement = WeightAnnouncement.from_json(ann.location)
@@ -107,29 +112,35 @@ class WorkerProcess:
             return
         self.engine.load_weights(state, announcement.version)
 
-    def reserve_groups(self) -> int:
-        """Block for one credit, then take whatever else is available, up to the batch capacity."""
-        self.sender.reserve(self.cfg.sync.timeout_s)
-        n = 1
-        while n < self.max_groups and self.sender.credits > 0:
-            self.sender.reserve(0)
-            n += 1
-        return n
-
-    def run(self) -> None:
-        policy = self.worker.engine_policy(self.engine, between_chunks=self.apply_weights)
+    async def run(self) -> None:
+        """Start a group per credit (up to ``max_concurrent_episodes`` episodes), send each group as it ends."""
+        policy = self.loop.engine_policy(self.engine)
+        group_size = self.cfg.env.group_size
+        in_flight: set[asyncio.Task] = set()
+        idle_since = time.monotonic()
         while True:
-            n = self.reserve_groups()
-            self.apply_weights()  # the newest weights before starting (sync mode: exactly on-policy)
-            tasks = [
-                Task(task_id=self.rng.randrange(2**31), seed=self.rng.randrange(2**31)) for _ in range(n)
-            ]
-            for group in self.worker.run_groups(tasks, self.cfg.env.group_size, policy):
-                self.sender.send_group(group.rows)
+            self.sender.poll(0 if in_flight else 50)  # credits, weights, stop; heartbeats while waiting
+            if self.sender.stop_requested:
+                raise ChannelStopped(f"worker {self.sender.worker_id}: the learner requested stop")
+            self.apply_weights()
+            while len(in_flight) < self.max_groups_in_flight and self.sender.credits > 0:
+                self.sender.reserve(0)
+                task = Task(task_id=self.rng.randrange(2**31), seed=self.rng.randrange(2**31))
+                in_flight.add(asyncio.create_task(self.loop.run_group(task, group_size, policy)))
+            if not in_flight:
+                if time.monotonic() - idle_since > self.cfg.sync.timeout_s:
+                    raise CreditTimeout(f"no credit from the learner within {self.cfg.sync.timeout_s:.0f}s")
+                await asyncio.sleep(0)
+                continue
+            done, in_flight = await asyncio.wait(in_flight, timeout=0.02, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                self.sender.send_group(finished.result().rows)  # an episode's error ends the worker, loudly
+            idle_since = time.monotonic()
 
     def close(self) -> None:
         self.sender.close()
-        self.subscriber.close()
+        if self.subscriber is not None:
+            self.subscriber.close()
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     proc = WorkerProcess(cfg, args.connect, args.run_token, args.worker_id, args.incarnation)
     started = time.time()
     try:
-        proc.run()
+        asyncio.run(proc.run())
     except ChannelStopped:
         return 0
     except CreditTimeout as exc:

@@ -1,4 +1,7 @@
-"""The hf engine: exact behaviour log-probs, stop conditions, version stamping, sampling options."""
+"""The hf engine: exact behaviour log-probs under continuous batching, stop conditions, versions, sampling."""
+
+import asyncio
+import time
 
 import torch
 
@@ -8,47 +11,110 @@ from spear_stream.rollout.engine import SamplingParams
 from spear_stream.rollout.hf import HFEngine, sample_tokens
 
 
-def test_sampled_logprobs_match_teacher_forced_recompute(tiny_model_dir):
+def recompute(model, prompt: list[int], tokens: list[int], temperature: float) -> torch.Tensor:
+    seq = torch.tensor([prompt + tokens])
+    logp, _ = token_logprobs(model, seq, torch.ones_like(seq), temperature)
+    return logp[0, len(prompt) :]
+
+
+async def after_steps(engine: HFEngine, n: int) -> None:
+    while engine.decode_steps < n:
+        await asyncio.sleep(0.001)
+
+
+def slow_forward(model, seconds: float) -> None:
+    """Make every forward pass take at least ``seconds`` (so tests can act between decode chunks)."""
+    model.register_forward_hook(lambda *_: time.sleep(seconds))
+
+
+def test_logprobs_match_teacher_forced_recompute_for_requests_joining_a_running_batch(tiny_model_dir):
     model = load_model(tiny_model_dir)
-    engine = HFEngine(model, seed=3)
-    prompts = [[1, 5, 9, 13, 20, 31], [2, 7], [4, 4, 4, 40]]  # ragged: exercises left padding
+    engine = HFEngine(model, seed=3, chunk_size=2)
+    prompts = [
+        [1, 5, 9, 13, 20, 31],
+        [2, 7],
+        [4, 4, 4, 40],
+    ]  # ragged: exercises left padding and cache merges
+
+    async def run(temperature: float):
+        params = SamplingParams(max_new_tokens=24, temperature=temperature)
+        first = asyncio.create_task(engine.generate(prompts[0], params))
+        await after_steps(engine, 3)  # the first request is decoding: the others join its batch
+        rest = [engine.generate(p, params) for p in prompts[1:]]
+        return [await first, *await asyncio.gather(*rest)]
+
     for temperature in (1.0, 0.7):
-        params = SamplingParams(max_new_tokens=24, temperature=temperature, stop_ids=[])
-        for prompt, gen in zip(prompts, engine.generate(prompts, params)):
-            seq = torch.tensor([prompt + gen.token_ids])
-            logp, _ = token_logprobs(model, seq, torch.ones_like(seq), temperature)
-            recomputed = logp[0, len(prompt) :]
+        for prompt, gen in zip(prompts, asyncio.run(run(temperature))):
             # includes the first generated token (torchrl's wrapper zeroes it; docs/design.md section 10)
-            assert recomputed.shape[0] == len(gen.token_ids) == 24
-            assert (recomputed - torch.tensor(gen.logprobs)).abs().max() < 1e-4
+            assert len(gen.token_ids) == 24
+            err = (
+                (recompute(model, prompt, gen.token_ids, temperature) - torch.tensor(gen.logprobs))
+                .abs()
+                .max()
+            )
+            assert err < 1e-4
+
+
+def test_short_requests_finish_without_waiting_for_long_ones(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    slow_forward(model, 0.002)
+    engine = HFEngine(model, seed=0, chunk_size=4)
+    order: list[str] = []
+
+    async def one(name: str, n: int) -> None:
+        await engine.generate([1, 2, 3], SamplingParams(max_new_tokens=n, temperature=1.0))
+        order.append(name)
+
+    async def main() -> None:
+        await asyncio.gather(one("long", 60), one("short", 3))
+
+    asyncio.run(main())
+    assert order == ["short", "long"]
 
 
 def test_stop_ids_and_versions(tiny_model_dir):
-    model = load_model(tiny_model_dir)
-    engine = HFEngine(model, seed=0)
+    engine = HFEngine(load_model(tiny_model_dir), seed=0)
     engine.version = 7
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
-    first = engine.generate([[1, 2, 3]], greedy)[0]
+    first = asyncio.run(engine.generate([1, 2, 3], greedy))
     stop_token = first.token_ids[2]
-    stopped = engine.generate(
-        [[1, 2, 3]], SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=[stop_token])
-    )[0]
+    stop = SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(stop_token,))
+    stopped = asyncio.run(engine.generate([1, 2, 3], stop))  # a new event loop: the engine follows it
     assert stopped.finish_reason == "stop" and stopped.token_ids[-1] == stop_token
     assert len(stopped.token_ids) <= 3 and stopped.versions == [7] * len(stopped.token_ids)
     assert first.finish_reason == "length" and len(first.token_ids) == 12
 
 
-def test_between_chunks_hook_bumps_versions(tiny_model_dir):
+def test_weight_update_lands_between_chunks_and_later_tokens_carry_the_new_version(tiny_model_dir):
     model = load_model(tiny_model_dir)
+    slow_forward(model, 0.003)
     engine = HFEngine(model, seed=0, chunk_size=4)
+    new_weights = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def swap():
-        engine.load_weights(model.state_dict(), engine.version + 1)
+    async def main():
+        task = asyncio.create_task(
+            engine.generate([1, 2], SamplingParams(max_new_tokens=40, temperature=1.0))
+        )
+        await after_steps(engine, 2)
+        engine.load_weights(new_weights, 1)  # queued: the running chunk finishes under version 0
+        return await task
 
-    gen = engine.generate([[1, 2]], SamplingParams(max_new_tokens=10, temperature=1.0), between_chunks=swap)[
-        0
-    ]
-    assert gen.versions == [0] * 4 + [1] * 4 + [2] * 2
+    gen = asyncio.run(main())
+    old = gen.versions.count(0)
+    assert gen.versions == [0] * old + [1] * (40 - old)
+    assert old > 0 and old % 4 == 0 and old < 40  # switched at a chunk boundary, mid-generation
+    assert engine.version == 1
+
+
+def test_weight_update_with_wrong_keys_is_refused(tiny_model_dir):
+    engine = HFEngine(load_model(tiny_model_dir))
+    try:
+        engine.load_weights({"not.a.weight": torch.zeros(1)}, 1)
+    except ValueError as exc:
+        assert "not.a.weight" in str(exc)
+    else:
+        raise AssertionError("expected a ValueError")
+    assert engine.version == 0
 
 
 def test_top_k_and_top_p_restrict_support():

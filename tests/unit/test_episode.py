@@ -62,7 +62,7 @@ def test_chat_mode_one_row_with_tool_turns_masked_out() -> None:
     rec.add_turn(Generation([ord("a"), ord("b"), EOT], [-0.5, -0.25, -0.125], [3, 3, 4], "stop"),
                  step([{"role": "tool", "content": "ok"}], reward=0.5))  # fmt: skip
     tool = ids("\n") + message("tool", "ok") + ASSISTANT
-    assert rec.prompt() == prompt + [ord("a"), ord("b"), EOT] + tool
+    assert rec.prompt() == [*prompt, ord("a"), ord("b"), EOT, *tool]
     rec.add_turn(Generation([ord("c"), EOT], [-1.0, -2.0], [4, 4], "stop"), step([], reward=1.0, done=True))
     assert rec.done
     (row,) = rows_of(rec)
@@ -85,10 +85,12 @@ def test_window_mode_one_row_per_step_and_a_cut_turn_is_closed() -> None:
     rec.add_turn(Generation([ord("x"), ord("y")], [-0.125, -0.25], [5, 5], "length"),
                  step([{"role": "user", "content": "s1"}], reward=-0.125, valid=False))  # fmt: skip
     assert rec.prompt() == message("user", "s1") + ASSISTANT  # a fresh prompt, not the grown conversation
-    rec.add_turn(Generation([ord("z"), EOT], [-0.375, -0.5], [6, 6], "stop"), step([], reward=10.0, done=True))
+    rec.add_turn(
+        Generation([ord("z"), EOT], [-0.375, -0.5], [6, 6], "stop"), step([], reward=10.0, done=True)
+    )
     first, second = rows_of(rec)
     p0 = message("user", "s0") + ASSISTANT
-    assert first["tokens"].tolist() == p0 + [ord("x"), ord("y"), EOT]
+    assert first["tokens"].tolist() == [*p0, ord("x"), ord("y"), EOT]
     assert first["loss_mask"].tolist() == [False] * len(p0) + [True, True, False]
     assert first["behavior_logp"].tolist() == [0.0] * len(p0) + [-0.125, -0.25, 0.0]
     assert first["token_version"].tolist() == [-1] * len(p0) + [5, 5, -1]

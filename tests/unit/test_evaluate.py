@@ -1,31 +1,43 @@
 """Evaluation samples with its own settings (eval.temperature, eval.top_p), not the training rollout's."""
 
-from types import SimpleNamespace
+import asyncio
 
 from spear_stream.rollout import evaluate as ev
-from spear_stream.rollout.engine import SamplingParams
+from spear_stream.rollout.engine import Generation, SamplingParams
 
 
-def test_evaluate_samples_with_the_eval_temperature_and_top_p(monkeypatch):
-    seen: list[SamplingParams] = []
+class RecordingEngine:
+    def __init__(self) -> None:
+        self.seen: list[SamplingParams] = []
 
-    class RecordingWorker:
-        def __init__(self, fmt, env_name, env_params, sampling, max_seq_len, worker_id=0):
-            seen.append(sampling)
+    async def generate(self, prompt_ids, params):
+        self.seen.append(params)
+        return Generation([], [], [], "stop")
 
-        def engine_policy(self, engine):
-            return None
 
-        def run_groups(self, tasks, group_size, policy):
-            return []
+class OneTurnLoop:
+    """Stands in for AgentLoop.run_groups: one generation per task, a success every other task."""
 
-    monkeypatch.setattr(ev, "RolloutWorker", RecordingWorker)
-    training = SimpleNamespace(
-        sampling=SamplingParams(16, 1.0, 1.0, 0, [2]), fmt=None, env_name="x", env_params={}, max_seq_len=64,
-        worker_id=0,
-    )  # fmt: skip
-    result = ev.evaluate(
-        training, None, episodes=0, temperature=0.4, seed=0, split="test", batch_size=4, top_p=0.6
+    def engine_policy(self, engine, **overrides):
+        from dataclasses import replace
+
+        sampling = replace(SamplingParams(16, 1.0, 1.0, 0, (2,)), **overrides)
+        return lambda episode: engine.generate([1], sampling)
+
+    async def run_groups(self, tasks, group_size, policy, max_concurrent):
+        from types import SimpleNamespace
+
+        out = []
+        for t in tasks:
+            await policy(None)
+            out.append(SimpleNamespace(successes=[t.task_id % 2 == 0], rewards=[float(t.seed)]))
+        return out
+
+
+def test_evaluate_samples_with_the_eval_temperature_and_top_p():
+    engine = RecordingEngine()
+    result = asyncio.run(
+        ev.evaluate(OneTurnLoop(), engine, episodes=4, temperature=0.4, seed=10, split="test", top_p=0.6)
     )
-    assert result.episodes == 0
-    assert (seen[0].temperature, seen[0].top_p, seen[0].max_new_tokens) == (0.4, 0.6, 16)
+    assert [(p.temperature, p.top_p, p.max_new_tokens) for p in engine.seen] == [(0.4, 0.6, 16)] * 4
+    assert (result.episodes, result.success_rate, result.reward_mean) == (4, 0.5, 11.5)  # seeds 10..13
