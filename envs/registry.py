@@ -24,6 +24,7 @@ _REGISTRY: dict[str, str] = {
     "alfworld": "envs.alfworld:AlfWorldEnv",
     "gym_text": "envs.adapters.gymnasium_text:GymnasiumTextEnv",
     "textworld": "envs.adapters.textworld_games:TextWorldEnv",
+    "longtail": "envs.longtail:LongTailEnv",
 }
 
 

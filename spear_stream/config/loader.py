@@ -99,6 +99,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(cfg: Config) -> None:
     check_ranges(cfg)
+    server_sync = cfg.sync.method.startswith("sglang")
+    if (cfg.rollout.engine == "sglang") != server_sync:
+        raise ConfigError(
+            f"config key 'sync.method' = {cfg.sync.method!r} does not fit rollout.engine = {cfg.rollout.engine!r}: "
+            "SGLang servers are updated with sglang_disk; the in-process engine with dist, disk or shm"
+        )
+    if cfg.rollout.engine == "sglang" and cfg.rollout.num_workers == 0:
+        raise ConfigError(
+            "rollout.engine = 'sglang' needs rollout.num_workers >= 1 (workers drive the servers)"
+        )
     if len(cfg.learner.betas) != 2:
         raise ConfigError(f"config key 'learner.betas' needs two values, got {cfg.learner.betas}")
     if cfg.algo.loss.clip_low >= 1.0:

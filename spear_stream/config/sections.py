@@ -184,7 +184,7 @@ class CurriculumConfig:
 @dataclass
 class SyncConfig:
     mode: Literal["async", "sync"] = "async"
-    method: Literal["dist", "disk", "shm"] = "disk"
+    method: Literal["dist", "disk", "shm", "sglang_disk"] = "disk"
     timeout_s: float = spec(120.0, lo=0.0, lo_open=True)
 
 

@@ -40,7 +40,13 @@ class StreamSource:
         self.cfg = cfg
         run_dir = cfg.run_path
         self.receiver = RolloutReceiver(cfg.transport, auto_credit=False, vocab_size=len(tokenizer))
-        self.publisher = make_publisher(cfg.sync.method, run_dir=run_dir, timeout_s=cfg.sync.timeout_s)
+        self.publisher = make_publisher(
+            cfg.sync.method,
+            run_dir=run_dir,
+            timeout_s=cfg.sync.timeout_s,
+            sglang_urls=cfg.rollout.sglang_urls,
+            model_dir=cfg.model.path,
+        )
         self.supervisor = WorkerSupervisor(
             cfg.rollout.num_workers,
             address=self.receiver.address,
@@ -53,6 +59,7 @@ class StreamSource:
             json.dumps({"address": self.receiver.address, "run_token": self.receiver.run_token})
         )
         self.counts = RolloutCounts()
+        self.sync_metrics: dict[str, float] = {}  # of the last publication (server update methods)
         # how long fill() waits for one batch before giving up (workers keep restarting meanwhile)
         self.batch_timeout_s = max(600.0, 10 * cfg.sync.timeout_s)
 
@@ -122,14 +129,15 @@ class StreamSource:
     def publish(self, state: dict[str, torch.Tensor], version: int) -> None:
         announcement = self.publisher.publish(state, version)
         self.receiver.announce_weights(version, announcement.to_json())
+        self.sync_metrics = dict(getattr(self.publisher, "last_metrics", {}))
 
     # ------------------------------------------------------------------ metrics and state
     def metrics(self) -> dict[str, float]:
         out = {k: float(v) for k, v in self.receiver.counters.items()}
-        out |= self.counts.metrics()
+        out |= self.counts.metrics() | self.receiver.stats_totals()
         out["rollout/workers_alive"] = float(len(self.receiver.workers))
         out["rollout/worker_restarts"] = float(self.supervisor.restarts)
-        return out
+        return out | self.sync_metrics
 
     def state_dict(self) -> dict:
         return {"receiver": self.receiver.state_dict(), "counts": self.counts.state_dict()}

@@ -260,7 +260,9 @@ class Trainer:
                 self.source.stop()
                 export_hf(state, c, self.tokenizer, self.run_dir / "final")
                 results |= self._evaluate(self.run_dir / "final", "after")
-                summary = {"step": self.step, **{k: v.success_rate for k, v in results.items()}}
+                summary = {"step": self.step, "version": self.step} | {
+                    k: v.success_rate for k, v in results.items()
+                }
                 (self.run_dir / "summary.json").write_text(json.dumps(summary))
             ok = True
         finally:

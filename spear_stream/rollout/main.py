@@ -119,7 +119,8 @@ class WorkerProcess:
         in_flight: set[asyncio.Task] = set()
         idle_since = time.monotonic()
         while True:
-            self.sender.poll(0 if in_flight else 50)  # credits, weights, stop; heartbeats while waiting
+            self.sender.stats = engine_stats(self.engine)
+            self.sender.poll(0 if in_flight else 50)  # credits, weights, stop; heartbeats (with the stats)
             if self.sender.stop_requested:
                 raise ChannelStopped(f"worker {self.sender.worker_id}: the learner requested stop")
             self.apply_weights()
@@ -141,6 +142,12 @@ class WorkerProcess:
         self.sender.close()
         if self.subscriber is not None:
             self.subscriber.close()
+
+
+def engine_stats(engine) -> dict[str, float]:
+    """The engine's own counters (a server engine's requests, retries, failovers), if it keeps any."""
+    stats = getattr(engine, "stats", None)
+    return stats() if callable(stats) else {}
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

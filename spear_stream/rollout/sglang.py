@@ -143,22 +143,19 @@ class SGLangEngine:
 
     def __init__(
         self, urls: list[str], *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.2,
-        probe_every_s: float = 2.0,
+        probe_every_s: float = 2.0, transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:  # fmt: skip
         if not urls:
             raise EngineError("SGLangEngine needs at least one server URL")
         self.servers = [_Server(u.rstrip("/")) for u in urls]
-        self.timeout_s, self.retries, self.backoff_s, self.probe_every_s = (
-            timeout_s,
-            retries,
-            backoff_s,
-            probe_every_s,
-        )
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.probe_every_s = probe_every_s
         self.counters: Counter[str] = Counter()
         self._affinity: OrderedDict[int, int] = OrderedDict()  # episode key -> server index
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.Task | None = None
+        self._transport = transport  # tests inject httpx.MockTransport
 
     @classmethod
     def connect(
@@ -272,9 +269,8 @@ class SGLangEngine:
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:  # a client belongs to the event loop that made it
-            self._client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256)
-            )
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+            self._client = httpx.AsyncClient(limits=limits, transport=self._transport)
             self._loop = loop
         return self._client
 

@@ -92,6 +92,23 @@ def worker_header(kind: str, *, run_token: str, worker_id: int, seq: int, **grou
     return {**header, "kind": kind, **group}
 
 
+_MAX_STATS = 32
+
+
+def parse_stats(value: Any) -> dict[str, float]:
+    """A heartbeat's ``stats``: at most 32 counters, names of ``[a-z0-9_/]`` up to 64 characters, finite >= 0."""
+    if not isinstance(value, dict) or len(value) > _MAX_STATS:
+        raise DecodeError("bad_header", f"header field 'stats' must be an object of <= {_MAX_STATS} counters")
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        ok_key = isinstance(key, str) and 0 < len(key) <= 64 and all(c.isalnum() or c in "_/" for c in key)
+        ok_value = isinstance(number, int | float) and not isinstance(number, bool) and 0 <= number < 1e15
+        if not (ok_key and ok_value):
+            raise DecodeError("bad_header", f"bad stats entry {key!r:.70}: {number!r:.30}")
+        out[key] = float(number)
+    return out
+
+
 def encode_control(run_token: str, kind: str, **fields: Any) -> bytes:
     """A learner -> worker control frame."""
     return json.dumps({"run_token": run_token, "kind": kind, **fields}).encode()

@@ -30,6 +30,7 @@ from spear_stream.transport.codec import (
     decode_group,
     encode_control,
     parse_header,
+    parse_stats,
 )
 from spear_stream.transport.common import (
     HWM,
@@ -92,6 +93,8 @@ class RolloutReceiver:
         self._last_seq: dict[int, int] = {}
         self._outstanding: dict[int, int] = {}  # granted credits not yet used by a received group
         self._latest_weights: WeightsAnnouncement | None = None
+        self.worker_stats: dict[int, dict[str, float]] = {}  # the newest counters each worker reported
+        self.retired_stats: Counter[str] = Counter()  # counters of earlier sessions (restarted workers)
         self._log = _RateLimitedLog()
         self._sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         for option, value in (
@@ -222,7 +225,16 @@ class RolloutReceiver:
             self.forget(worker)
         elif kind != KIND_HEARTBEAT:
             raise DecodeError("bad_kind", f"unknown kind '{kind:.20}'")
+        if "stats" in header:
+            self.worker_stats[worker] = parse_stats(header["stats"])
         return None
+
+    def stats_totals(self) -> dict[str, float]:
+        """Each counter the workers report (``engine/failovers`` ...), summed over workers and their restarts."""
+        total = Counter(self.retired_stats)
+        for stats in self.worker_stats.values():
+            total.update(stats)
+        return {f"rollout/{k}": float(v) for k, v in total.items()}
 
     def _accept_group(
         self, worker: int, header: dict[str, Any], payload: zmq.Frame, nbytes: int
@@ -249,6 +261,7 @@ class RolloutReceiver:
 
     def _on_hello(self, worker: int, seq: int) -> None:
         # A hello starts a new sender session: its sequence restarts at ``seq`` and it holds no credits yet.
+        self.retired_stats.update(self.worker_stats.pop(worker, {}))
         self._last_seq[worker] = seq - 1
         self._outstanding[worker] = 0
         self.counters["transport/hellos"] += 1

@@ -64,6 +64,10 @@ class RolloutSender:
         self.latest_weights: WeightsAnnouncement | None = None
         self.stop_requested = False
         self.counters: Counter[str] = Counter()
+        self.stats: dict[
+            str, float
+        ] = {}  # the worker's own counters, reported to the learner with heartbeats
+        self._stats_sent: dict[str, float] = {}
         self._sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
         for option, value in (
             (zmq.ROUTING_ID, worker_identity(worker_id)),
@@ -74,12 +78,15 @@ class RolloutSender:
             self._sock.setsockopt(option, value)
         self._sock.connect(address)
         self._last_send = 0.0
+        self._last_stats = 0.0
         self._unsent: deque[zmq.MessageTracker] = deque()  # trackers of groups libzmq may still be reading
         self._send_control(KIND_HELLO)
 
     def poll(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
         """Apply the control messages that arrive within ``timeout_ms``; returns them."""
-        if time.monotonic() - self._last_send >= self.heartbeat_s:
+        if time.monotonic() - self._last_send >= self.heartbeat_s or (
+            self.stats != self._stats_sent and time.monotonic() - self._last_stats >= self.heartbeat_s
+        ):
             self._send_control(KIND_HEARTBEAT)
         messages: list[dict[str, Any]] = []
         if not self._sock.poll(timeout_ms, zmq.POLLIN):
@@ -173,7 +180,13 @@ class RolloutSender:
         self.close()
 
     def _send_control(self, kind: str, flags: int = 0) -> None:
-        header = worker_header(kind, run_token=self.run_token, worker_id=self.worker_id, seq=self.seq)
+        extra: dict[str, Any] = {}
+        if kind == KIND_HEARTBEAT and self.stats:
+            extra["stats"] = self._stats_sent = dict(self.stats)
+            self._last_stats = time.monotonic()
+        header = worker_header(
+            kind, run_token=self.run_token, worker_id=self.worker_id, seq=self.seq, **extra
+        )
         self._sock.send(json.dumps(header).encode(), flags)
         self._last_send = time.monotonic()
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-METHODS = ("dist", "disk", "shm")  # "sglang" (HTTP update endpoints) will plug in through the same factories
+METHODS = ("dist", "disk", "shm", "sglang_disk")  # sglang_*: the learner updates SGLang servers itself
 DEFAULT_BUCKET_MB = 64
 
 
@@ -161,12 +161,16 @@ def make_publisher(
     bucket_mb: int = DEFAULT_BUCKET_MB,
     keep_last: int = 2,
     backend: str = "gloo",
+    sglang_urls: list[str] | None = None,
+    model_dir: str | Path | None = None,
 ) -> WeightPublisher:
     """The learner-side publisher for ``method`` (config ``sync.method``).
 
     ``run_dir``: disk writes ``run_dir/weights/v{version}/``. ``host``: the address dist announces for its
     rendezvous store and gloo pairs (must be reachable by the workers). ``keep_last``: versions kept on
     disk/shm. ``backend``: dist's collective backend, gloo (CPU tensors) or nccl (CUDA, untested here).
+    ``sglang_urls``, ``model_dir``: the servers the sglang methods update, and the model whose config.json goes
+    into each version directory.
     """
     bucket_bytes = int(bucket_mb) << 20
     if method == "disk":
@@ -181,6 +185,13 @@ def make_publisher(
         from spear_stream.weightsync.dist import DistPublisher
 
         return DistPublisher(host=host, timeout_s=timeout_s, bucket_bytes=bucket_bytes, backend=backend)
+    if method == "sglang_disk":
+        from spear_stream.weightsync.sglang import SGLangDiskPublisher
+
+        return SGLangDiskPublisher(
+            sglang_urls or [], Path(run_dir) / "weights", model_dir=model_dir or "", timeout_s=timeout_s,
+            keep_last=keep_last,
+        )  # fmt: skip
     raise ValueError(f"sync.method must be one of {METHODS}, got {method!r}")
 
 
