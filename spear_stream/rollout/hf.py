@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from spear_stream.rollout.engine import FinishReason, Generation, SamplingParams
+from spear_stream.rollout.prefix_cache import PrefixCache
 
 
 def sample_tokens(
@@ -63,6 +64,7 @@ class _Request:
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
+    affinity: int | None = None  # the episode: its KV is kept for its next turn (prefix_cache.py)
 
     def result(self) -> Generation:
         return Generation(self.tokens, self.logprobs, self.versions, self.finish or "length")
@@ -121,7 +123,14 @@ class HFEngine:
     """Rollout engine over any local HF causal LM (the CPU default); see the module docstring."""
 
     def __init__(
-        self, model, *, seed: int = 0, chunk_size: int = 8, pad_id: int = 0, max_batch: int = 128
+        self,
+        model,
+        *,
+        seed: int = 0,
+        chunk_size: int = 8,
+        pad_id: int = 0,
+        max_batch: int = 128,
+        prefix_cache_tokens: int = 1 << 18,
     ) -> None:
         self.model = model.eval()
         self.version = 0
@@ -131,6 +140,8 @@ class HFEngine:
         self._by_rid: dict[str, _Request] = {}
         self._batch: _Batch | None = None
         self._pending_weights: tuple[dict[str, torch.Tensor], int] | None = None
+        self._busy = False  # a chunk is running in the worker thread
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._last_tokens = torch.zeros(0, dtype=torch.long)  # the running rows' newest tokens
@@ -151,6 +162,7 @@ class HFEngine:
         self._ensure_scheduler()
         assert self._wake is not None
         request = _Request(list(prompt_ids), params, asyncio.get_running_loop().create_future())
+        request.affinity = affinity
         if rid is not None:
             self._by_rid[rid] = request
         self._waiting.append(request)
@@ -175,10 +187,10 @@ class HFEngine:
         return len(requests)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        """Queue new weights; the scheduler loads them between decode chunks (now, if nothing is running)."""
+        """Queue new weights; the scheduler loads them between decode chunks (now, if the engine is idle)."""
         self._check_keys(state_dict)
         self._pending_weights = (state_dict, version)
-        if self._batch is None and not self._waiting:
+        if not self._busy and self._batch is None and not self._waiting:
             self._apply_weights()
         elif self._wake is not None:
             self._wake.set()
@@ -204,8 +216,17 @@ class HFEngine:
                 if self._batch is None and not self._waiting:
                     self._wake.clear()
                     await self._wake.wait()
+                # Let the episodes whose turn just ended step their environments and send their next request:
+                # they then join this chunk instead of waiting for the next one.
+                for _ in range(3):
+                    await asyncio.sleep(0)
                 self._apply_weights()
-                finished = await asyncio.to_thread(self._run_chunk)
+                admit = self._admit()  # taken here, in the event loop's thread, where requests arrive
+                self._busy = True
+                try:
+                    finished = await asyncio.to_thread(self._run_chunk, admit)
+                finally:
+                    self._busy = False
                 for request in finished:
                     if not request.future.done():
                         request.future.set_result(request.result())
@@ -218,6 +239,14 @@ class HFEngine:
             self._batch, self._waiting = None, []
             raise
 
+    def _admit(self) -> list[_Request]:
+        """Waiting requests that fit into the running batch (aborted ones too: they retire without tokens)."""
+        room = self.max_batch - (len(self._batch.requests) if self._batch else 0)
+        aborted = [r for r in self._waiting if r.finish == "abort"]
+        waiting = [r for r in self._waiting if r.finish is None]
+        admit, self._waiting = waiting[: max(room, 0)], waiting[max(room, 0) :]
+        return aborted + admit
+
     def _apply_weights(self) -> None:
         if self._pending_weights is None:
             return
@@ -227,6 +256,7 @@ class HFEngine:
             state, strict=False
         )  # tied weights arrive once (lm_head shares embed_tokens)
         self.version = version
+        self.prefix_cache.clear()  # keys and values of the old weights must not seed the new policy's turns
 
     def _check_keys(self, state_dict: dict[str, torch.Tensor]) -> None:
         own = set(self.model.state_dict())
@@ -238,22 +268,30 @@ class HFEngine:
             )
 
     @torch.no_grad()
-    def _run_chunk(self) -> list[_Request]:
-        """Admit waiting requests, then decode up to ``chunk_size`` tokens; returns the requests that finished."""
-        finished = [r for r in self._waiting if r.finish == "abort"]  # aborted before prefill: no tokens
-        self._waiting = [r for r in self._waiting if r.finish is None]
-        room = self.max_batch - (len(self._batch.requests) if self._batch else 0)
-        admit, self._waiting = self._waiting[:room], self._waiting[room:]
+    def _run_chunk(self, admit: list[_Request]) -> list[_Request]:
+        """Prefill ``admit`` into the running batch, decode up to ``chunk_size`` tokens, then drop the rows that
+        finished (once per chunk: finished rows ride along until then); returns the requests that finished."""
+        finished = [r for r in admit if r.finish == "abort"]  # aborted before prefill: no tokens
+        admit = [r for r in admit if r.finish is None]
         if admit:
             new = self._prefill(admit)
             self._batch = new if self._batch is None else _Batch.merge(self._batch, new)
+        batch = self._batch
+        if batch is None:
+            return finished
         for _ in range(self.chunk_size):
-            if self._batch is None:
+            finished += self._sample(batch)
+            if all(r.finish for r in batch.requests):
                 break
-            finished += self._sample_and_retire()
-            if self._batch is not None:
-                self._decode_step()
-        return finished
+            self._decode_step(batch)
+        alive = [i for i, r in enumerate(batch.requests) if r.finish is None]
+        self._keep_prefixes(batch)
+        if not alive:
+            self._batch = None
+        elif len(alive) < len(batch.requests):
+            batch.keep(alive)
+            self._last_tokens = self._last_tokens[torch.tensor(alive)]
+        return list(dict.fromkeys(finished))  # an abort may be seen at several steps of the chunk
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
         self.decode_steps += 1
@@ -261,63 +299,88 @@ class HFEngine:
         return out.logits[:, -1, :]
 
     def _prefill(self, requests: list[_Request]) -> _Batch:
-        width = max(len(r.prompt) for r in requests)
-        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            input_ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
-            attention[i, width - len(r.prompt) :] = 1
+        """One forward over the admitted prompts; a prompt whose episode left KV in the prefix cache feeds only
+        its new tokens. Row layout: [padding, cached prefix, padding, new tokens] (padding masked out), so the
+        new tokens end at the same column and their positions continue each row's own prefix."""
+        cached = [self.prefix_cache.take(r.affinity, r.prompt) for r in requests]
+        width_c = max(n for n, _ in cached)
+        width_s = max(len(r.prompt) - n for r, (n, _) in zip(requests, cached))
+        b = len(requests)
+        input_ids = torch.full((b, width_s), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((b, width_c + width_s), dtype=torch.long)
+        positions = torch.zeros((b, width_s), dtype=torch.long)
+        for i, (r, (n, _)) in enumerate(zip(requests, cached)):
+            new = r.prompt[n:]
+            input_ids[i, width_s - len(new) :] = torch.tensor(new)
+            attention[i, width_c - n : width_c] = 1
+            attention[i, width_c + width_s - len(new) :] = 1
+            positions[i, width_s - len(new) :] = torch.arange(n, n + len(new))
         cache = DynamicCache()
-        logits = self._forward(input_ids, attention, (attention.cumsum(-1) - 1).clamp(min=0), cache)
+        if width_c:
+            cache = DynamicCache(self._stack_prefixes(cached, width_c))
+        logits = self._forward(input_ids, attention, positions, cache)
         return _Batch(requests, cache, attention, logits)
 
-    def _sample_and_retire(self) -> list[_Request]:
-        """Sample one token for every running request from the pending logits; retire the finished ones."""
-        batch = self._batch
-        assert batch is not None
-        aborted = [i for i, r in enumerate(batch.requests) if r.finish == "abort"]
-        if aborted:
-            done_requests = [batch.requests[i] for i in aborted]
-            running = [i for i, r in enumerate(batch.requests) if r.finish != "abort"]
-            if not running:
-                self._batch = None
-                return done_requests
-            batch.keep(running)
-            return done_requests + self._sample_and_retire()
-        tokens = torch.empty(len(batch.requests), dtype=torch.long)
-        logprobs = torch.empty(len(batch.requests))
-        by_params: dict[SamplingParams, list[int]] = {}
+    @staticmethod
+    def _stack_prefixes(cached: list, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the rows' cached keys/values right-aligned in ``width`` columns (zeros where none)."""
+        _, some = next((n, kv) for n, kv in cached if kv is not None)
+        layers = []
+        for layer, (k0, _) in enumerate(some):
+            keys = k0.new_zeros((len(cached), k0.shape[1], width, k0.shape[3]))
+            values = torch.zeros_like(keys)
+            for i, (n, kv) in enumerate(cached):
+                if kv is not None:
+                    keys[i, :, width - n :], values[i, :, width - n :] = kv[layer][0][0], kv[layer][1][0]
+            layers.append((keys, values))
+        return layers
+
+    def _keep_prefixes(self, batch: _Batch) -> None:
+        """Store the KV of each finished request of an episode for its next turn: the tokens fed to the model
+        (the prompt and all generated tokens but the last), in order, without padding."""
+        if self.prefix_cache.max_tokens <= 0:
+            return
         for i, r in enumerate(batch.requests):
-            by_params.setdefault(r.params, []).append(i)
+            if r.finish is None or r.affinity is None or not r.tokens:
+                continue
+            fed = len(r.prompt) + len(r.tokens) - 1
+            columns = batch.attention[i].nonzero().squeeze(1)[:fed]
+            kv = [
+                (k[i : i + 1, :, columns].clone(), v[i : i + 1, :, columns].clone())
+                for k, v in batch.layers()
+            ]
+            self.prefix_cache.put(r.affinity, r.prompt + r.tokens[:-1], kv)
+
+    def _sample(self, batch: _Batch) -> list[_Request]:
+        """One token for every unfinished request from the pending logits; returns the requests that ended."""
+        tokens = torch.zeros(len(batch.requests), dtype=torch.long)
+        logprobs = torch.zeros(len(batch.requests))
+        by_params: dict[SamplingParams, list[int]] = {}
+        ended = [r for r in batch.requests if r.finish == "abort" and not r.future.done()]
+        for i, r in enumerate(batch.requests):
+            if r.finish is None:
+                by_params.setdefault(r.params, []).append(i)
         for params, rows in by_params.items():
             idx = torch.tensor(rows)
             tokens[idx], logprobs[idx] = sample_tokens(batch.logits[idx], params, self.generator)
-        done: list[int] = []
-        alive: list[int] = []
-        for i, r in enumerate(batch.requests):
-            token = int(tokens[i])
-            r.tokens.append(token)
-            r.logprobs.append(float(logprobs[i]))
-            r.versions.append(self.version)
-            if token in r.params.stop_ids:
-                r.finish = "stop"
-            elif len(r.tokens) >= r.params.max_new_tokens:
-                r.finish = "length"
-            (done if r.finish else alive).append(i)
-        done_requests = [batch.requests[i] for i in done]
-        if not alive:
-            self._batch = None
-        elif done:
-            batch.keep(alive)
-            tokens = tokens[torch.tensor(alive)]
+        for rows in by_params.values():
+            for i in rows:
+                r = batch.requests[i]
+                token = int(tokens[i])
+                r.tokens.append(token)
+                r.logprobs.append(float(logprobs[i]))
+                r.versions.append(self.version)
+                if token in r.params.stop_ids:
+                    r.finish = "stop"
+                elif len(r.tokens) >= r.params.max_new_tokens:
+                    r.finish = "length"
+                if r.finish:
+                    ended.append(r)
         self._last_tokens = tokens
-        return done_requests
+        return ended
 
-    def _decode_step(self) -> None:
-        batch = self._batch
-        assert batch is not None
+    def _decode_step(self, batch: _Batch) -> None:
         positions = batch.positions
-        batch.attention = torch.cat(
-            [batch.attention, torch.ones((len(batch.requests), 1), dtype=torch.long)], 1
-        )
+        ones = torch.ones((len(batch.requests), 1), dtype=torch.long)
+        batch.attention = torch.cat([batch.attention, ones], 1)
         batch.logits = self._forward(self._last_tokens[:, None], batch.attention, positions, batch.cache)

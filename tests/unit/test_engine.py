@@ -125,3 +125,28 @@ def test_top_k_and_top_p_restrict_support():
     tokens, logp = sample_tokens(logits, SamplingParams(1, temperature=1.0, top_p=0.5), g)
     assert set(tokens.tolist()) == {0}  # p(0) = 0.66 already covers 0.5
     assert torch.allclose(logp, torch.log_softmax(logits[0], -1)[0].expand(2000))
+
+
+def test_a_turn_that_extends_its_episode_reuses_the_cached_prefix_and_stays_exact(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    engine = HFEngine(model, seed=5, chunk_size=4)
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+
+    async def episode(key: int, prompt: list[int]) -> list[tuple[list[int], list[int], list[float]]]:
+        turns = []
+        for turn in range(3):
+            gen = await engine.generate(prompt, params, affinity=key)
+            turns.append((prompt, gen.token_ids, gen.logprobs))
+            prompt = prompt + gen.token_ids + [7, 8, 9 + turn]  # the environment's reply, then the next turn
+        return turns
+
+    async def main():
+        return await asyncio.gather(episode(1, [1, 5, 9]), episode(2, [2, 7, 11, 13, 17]))
+
+    for turns in asyncio.run(main()):
+        for prompt, tokens, logprobs in turns:
+            assert (recompute(model, prompt, tokens, 1.0) - torch.tensor(logprobs)).abs().max() < 1e-4
+    assert engine.prefix_cache.hits == 4  # turns 2 and 3 of both episodes
+    # a weight update drops every cached prefix: old keys and values must not seed the new policy
+    engine.load_weights({k: v.clone() for k, v in model.state_dict().items()}, 1)
+    assert len(engine.prefix_cache) == 0
