@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,10 @@ def _finish(reason: str, tokens: list[int], message: str = "") -> dict[str, Any]
 class EngineManager:
     """The subset of SGLang's TokenizerManager that the native routes call, over an in-process engine."""
 
-    def __init__(self, server_args, weight_version: str, seed: int, max_batch: int, strict: bool) -> None:
+    def __init__(
+        self, server_args, weight_version: str, seed: int, max_batch: int, strict: bool,
+        faults: dict[int, str] | None = None, dist_timeout_s: float = 120.0,
+    ) -> None:  # fmt: skip
         from sglang.srt.managers.io_struct import GenerateReqInput
         from sglang.srt.managers.tokenizer_manager import ServerStatus
         from sglang.srt.sampling.sampling_params import SamplingParams as SGLangSamplingParams
@@ -84,6 +88,10 @@ class EngineManager:
         self._resumed: asyncio.Event | None = None
         self.running = 0
         self.updates = 0
+        self.update_calls = 0
+        self.faults = faults or {}
+        self.dist_timeout_s = dist_timeout_s
+        self.groups: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state the routes read
     def config_value(self, key: str) -> Any:
@@ -204,6 +212,8 @@ class EngineManager:
     async def update_weights_from_disk(self, obj, request=None):
         from safetensors.torch import load_file
 
+        if (fault := await self._fault()) is not None:
+            return (*fault, 0)
         paused = await self._wait_idle(bool(obj.abort_all_requests))
         try:
             files = sorted(Path(obj.model_path).glob("*.safetensors"))
@@ -225,6 +235,86 @@ class EngineManager:
             message += f" Weight version updated to {obj.weight_version}."
         return True, message, paused
 
+    # ------------------------------------------------------------------ weight-update groups (sglang_nccl)
+    async def init_weights_update_group(self, obj, request=None):
+        """Join the learner's group the way SGLang does (its own ``init_custom_process_group``)."""
+        import datetime
+
+        from sglang.srt.utils.common import init_custom_process_group
+
+        def join():
+            return init_custom_process_group(
+                backend=obj.backend, init_method=f"tcp://{obj.master_address}:{obj.master_port}",
+                world_size=obj.world_size, rank=obj.rank_offset, group_name=obj.group_name,
+                timeout=datetime.timedelta(seconds=self.dist_timeout_s),
+            )  # fmt: skip
+
+        try:
+            self.groups[obj.group_name] = await asyncio.to_thread(join)
+        except Exception as exc:
+            return False, f"Failed to init weight update group: {exc}"
+        return True, "Succeeded to initialize custom process group."
+
+    async def destroy_weights_update_group(self, obj, request=None):
+        import torch.distributed as dist
+
+        group = self.groups.pop(obj.group_name, None)
+        if group is None:
+            return False, f"group {obj.group_name} does not exist"
+        dist.destroy_process_group(group)
+        return True, "Succeeded to destroy custom process group."
+
+    async def update_weights_from_distributed(self, obj, request=None):
+        """Receive a bucket broadcast from the learner (rank 0) and load it, as SGLang's weight updater does."""
+        import torch
+        import torch.distributed as dist
+        from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorBucket
+
+        if (fault := await self._fault()) is not None:
+            return fault
+        group = self.groups.get(obj.group_name)
+        if group is None:
+            return (
+                False,
+                f"Group {obj.group_name} not in {list(self.groups)}. Call init_weights_update_group first.",
+            )
+        await self._wait_idle(bool(obj.abort_all_requests))
+
+        def receive():
+            if obj.load_format == "flattened_bucket":
+                bucket = FlattenedTensorBucket.empty(obj.names, obj.dtypes, obj.shapes, "cpu")
+                dist.broadcast(bucket.get_flattened_tensor(), src=0, group=group)
+                return bucket.reconstruct_tensors()
+            out = []
+            for name, dtype, shape in zip(obj.names, obj.dtypes, obj.shapes):
+                tensor = torch.empty(shape, dtype=getattr(torch, dtype))
+                dist.broadcast(tensor, src=0, group=group)
+                out.append((name, tensor))
+            return out
+
+        try:
+            named = await asyncio.to_thread(receive)
+            version = int(obj.weight_version) if obj.weight_version is not None else self.engine.version
+            self.engine.load_weights(dict(named), version, partial=True)
+        except Exception as exc:
+            return False, f"Failed to update parameter online: {exc}. The weights are partially updated."
+        if obj.weight_version is not None:
+            self.weight_version = str(obj.weight_version)
+        self.updates += 1
+        return True, "Succeeded to update parameter online."
+
+    async def _fault(self):
+        """Fault injection for tests (``--fault KIND:N``): the N-th weight update fails, hangs or kills us."""
+        self.update_calls += 1
+        kind = self.faults.get(self.update_calls)
+        if kind == "update_fail":
+            return False, "injected fault: update failed"
+        if kind == "update_hang":
+            await asyncio.sleep(3600)
+        if kind == "update_exit":
+            os._exit(17)
+        return None
+
     async def update_weight_version(self, obj) -> None:
         self.weight_version = str(obj.new_version)
         if self.weight_version.isdigit():
@@ -241,7 +331,10 @@ def build_app(args: argparse.Namespace):
         host=args.host, port=args.port,
     )  # fmt: skip
     runtime_context.publish(server_args, role="tokenizer")  # the config the routes read (get_serving() ...)
-    manager = EngineManager(server_args, args.weight_version, args.seed, args.max_batch, args.strict)
+    faults = {int(n): kind for kind, n in (f.split(":") for f in args.fault)}
+    manager = EngineManager(
+        server_args, args.weight_version, args.seed, args.max_batch, args.strict, faults, args.dist_timeout_s
+    )
     http_server.set_global_state(
         http_server._GlobalState(tokenizer_manager=manager, template_manager=None, scheduler_info={})
     )
@@ -259,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-batch", type=int, default=128)
     parser.add_argument("--no-strict", dest="strict", action="store_false")
+    parser.add_argument("--dist-timeout-s", type=float, default=120.0, help="weight-update group timeout")
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="KIND:N",
+        help="tests: the N-th weight update (1-based) fails (update_fail), hangs (update_hang) or exits (update_exit)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    import os
-
     import torch
     import uvicorn
 

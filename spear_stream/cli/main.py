@@ -247,12 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from spear_stream.config import ConfigError
+    from spear_stream.rollout.engine import EngineError
 
     if argv[0] in CONFIG_COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
         return config_help(argv[0], [a for a in argv[1:] if a not in ("-h", "--help")])
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, EngineError) as exc:
         print(f"spear-stream {argv[0]}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -103,12 +103,15 @@ def validate(cfg: Config) -> None:
     if (cfg.rollout.engine == "sglang") != server_sync:
         raise ConfigError(
             f"config key 'sync.method' = {cfg.sync.method!r} does not fit rollout.engine = {cfg.rollout.engine!r}: "
-            "SGLang servers are updated with sglang_disk; the in-process engine with dist, disk or shm"
+            "SGLang servers are updated with sglang_disk or sglang_nccl; the in-process engine with dist, disk or shm"
         )
     if cfg.rollout.engine == "sglang" and cfg.rollout.num_workers == 0:
         raise ConfigError(
             "rollout.engine = 'sglang' needs rollout.num_workers >= 1 (workers drive the servers)"
         )
+    ports = cfg.sync.port_range
+    if len(ports) != 2 or not 1 <= ports[0] <= ports[1] <= 65535:
+        raise ConfigError(f"config key 'sync.port_range' must be [first, last] ports, got {ports}")
     if len(cfg.learner.betas) != 2:
         raise ConfigError(f"config key 'learner.betas' needs two values, got {cfg.learner.betas}")
     if cfg.algo.loss.clip_low >= 1.0:

@@ -184,8 +184,14 @@ class CurriculumConfig:
 @dataclass
 class SyncConfig:
     mode: Literal["async", "sync"] = "async"
-    method: Literal["dist", "disk", "shm", "sglang_disk"] = "disk"
+    method: Literal["dist", "disk", "shm", "sglang_disk", "sglang_nccl"] = "disk"
     timeout_s: float = spec(120.0, lo=0.0, lo_open=True)
+    host: str = spec(
+        "127.0.0.1", help="learner rank 0's address as workers and servers reach it (dist, sglang_nccl)"
+    )
+    port_range: list[int] = field(
+        default_factory=lambda: [29600, 29699]
+    )  # sglang_nccl: weight-update group ports
 
 
 @dataclass

@@ -23,6 +23,13 @@ from spear_stream.transport.receiver import RolloutReceiver
 from spear_stream.weightsync.base import make_publisher
 
 
+def weight_backend(cfg: Config) -> str:
+    """The collective backend of weight sync: the learner's (NCCL with CUDA tensors, gloo on CPU)."""
+    from spear_stream.learner.parallel import resolve_backend
+
+    return resolve_backend(cfg.learner.backend)
+
+
 def credits_to_grant(mode: str, per_step: int, max_staleness: int, buffered: int, in_flight: int) -> int:
     """New credits that keep in-flight work within the bound of the module docstring (never negative).
 
@@ -39,6 +46,10 @@ class StreamSource:
     def __init__(self, cfg: Config, tokenizer) -> None:
         self.cfg = cfg
         run_dir = cfg.run_path
+        if cfg.rollout.engine == "sglang":  # fail now, naming the server, not in every worker after a while
+            from spear_stream.rollout.sglang import SGLangEngine
+
+            SGLangEngine.connect(cfg.rollout.sglang_urls)
         self.receiver = RolloutReceiver(cfg.transport, auto_credit=False, vocab_size=len(tokenizer))
         self.publisher = make_publisher(
             cfg.sync.method,
@@ -46,6 +57,9 @@ class StreamSource:
             timeout_s=cfg.sync.timeout_s,
             sglang_urls=cfg.rollout.sglang_urls,
             model_dir=cfg.model.path,
+            host=cfg.sync.host,
+            port_range=cfg.sync.port_range,
+            backend=weight_backend(cfg),
         )
         self.supervisor = WorkerSupervisor(
             cfg.rollout.num_workers,

@@ -186,9 +186,17 @@ class HFEngine:
             self._wake.set()
         return len(requests)
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        """Queue new weights; the scheduler loads them between decode chunks (now, if the engine is idle)."""
-        self._check_keys(state_dict)
+    def load_weights(
+        self, state_dict: dict[str, torch.Tensor], version: int, *, partial: bool = False
+    ) -> None:
+        """Queue new weights; the scheduler loads them between decode chunks (now, if the engine is idle).
+
+        ``partial``: ``state_dict`` is one bucket of a bucketed update (a server receiving weights over a
+        collective loads each bucket as it arrives); it must not name tensors the model lacks.
+        """
+        self._check_keys(state_dict, partial)
+        if partial and self._pending_weights is not None:  # buckets queued behind a running chunk add up
+            state_dict = {**self._pending_weights[0], **state_dict}
         self._pending_weights = (state_dict, version)
         if not self._busy and self._batch is None and not self._waiting:
             self._apply_weights()
@@ -258,9 +266,9 @@ class HFEngine:
         self.version = version
         self.prefix_cache.clear()  # keys and values of the old weights must not seed the new policy's turns
 
-    def _check_keys(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def _check_keys(self, state_dict: dict[str, torch.Tensor], partial: bool = False) -> None:
         own = set(self.model.state_dict())
-        missing = [k for k in own - set(state_dict) if not k.endswith("lm_head.weight")]
+        missing = [] if partial else [k for k in own - set(state_dict) if not k.endswith("lm_head.weight")]
         unexpected = sorted(set(state_dict) - own)
         if missing or unexpected:
             raise ValueError(

@@ -28,6 +28,7 @@ from spear_stream.rollout.agent import AgentLoop
 from spear_stream.rollout.chat import ChatFormat
 from spear_stream.rollout.engine import SamplingParams, make_engine
 from spear_stream.rollout.hf import HFEngine
+from spear_stream.rollout.sglang import SGLangEngine
 from spear_stream.transport.sender import ChannelStopped, CreditTimeout, RolloutSender
 from spear_stream.utils import keep_large_buffers, set_threads
 from spear_stream.weightsync.base import (
@@ -92,7 +93,19 @@ class WorkerProcess:
         their tokens carry both versions.
         """
         ann = self.sender.latest_weights
-        if self.subscriber is None or not isinstance(self.engine, HFEngine) or ann is None:
+        if ann is None:
+            return
+        if isinstance(self.engine, SGLangEngine):  # the learner updated the servers; use the ones it names
+            if ann.version > self.skipped_version:
+                self.skipped_version = ann.version
+                try:
+                    self.engine.set_servers(
+                        WeightAnnouncement.from_json(ann.location).location.get("servers", [])
+                    )
+                except (WeightSyncError, TypeError, AttributeError) as exc:
+                    _LOG.warning("unreadable server list in weight announcement v%s: %s", ann.version, exc)
+            return
+        if self.subscriber is None or not isinstance(self.engine, HFEngine):
             return
         if ann.version <= max(self.engine.version, self.skipped_version):
             return

@@ -136,6 +136,7 @@ class _Server:
     outstanding: int = 0
     down_since: float | None = None
     failures: int = 0  # consecutive
+    excluded: bool = False  # the learner did not announce it with the current weights
 
 
 class SGLangEngine:
@@ -219,7 +220,7 @@ class SGLangEngine:
     async def _pick(self, affinity: int | None, deadline: float) -> int:
         """The episode's server if it is up, else the up server with the fewest outstanding requests."""
         while True:
-            up = [i for i, s in enumerate(self.servers) if s.down_since is None]
+            up = [i for i, s in enumerate(self.servers) if s.down_since is None and not s.excluded]
             if up:
                 break
             if time.monotonic() > deadline:
@@ -274,9 +275,20 @@ class SGLangEngine:
             self._loop = loop
         return self._client
 
+    def set_servers(self, urls: list[str]) -> None:
+        """Route only to ``urls`` (the servers the learner announced with its newest weights); new URLs join."""
+        wanted = {u.rstrip("/") for u in urls}
+        if not wanted:
+            return  # no server holds the new version: keep the old set rather than stall every episode
+        known = {s.url for s in self.servers}
+        self.servers += [_Server(u) for u in sorted(wanted - known)]
+        for server in self.servers:
+            server.excluded = server.url not in wanted
+
     def stats(self) -> dict[str, float]:
         out = {k: float(v) for k, v in self.counters.items()}
         out["engine/servers_down"] = float(sum(s.down_since is not None for s in self.servers))
+        out["engine/servers_excluded"] = float(sum(s.excluded for s in self.servers))
         return out
 
     async def close(self) -> None:

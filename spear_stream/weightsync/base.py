@@ -22,7 +22,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-METHODS = ("dist", "disk", "shm", "sglang_disk")  # sglang_*: the learner updates SGLang servers itself
+METHODS = (
+    "dist",
+    "disk",
+    "shm",
+    "sglang_disk",
+    "sglang_nccl",
+)  # sglang_*: the learner updates SGLang servers itself
 DEFAULT_BUCKET_MB = 64
 
 
@@ -163,6 +169,7 @@ def make_publisher(
     backend: str = "gloo",
     sglang_urls: list[str] | None = None,
     model_dir: str | Path | None = None,
+    port_range: list[int] | None = None,
 ) -> WeightPublisher:
     """The learner-side publisher for ``method`` (config ``sync.method``).
 
@@ -185,12 +192,18 @@ def make_publisher(
         from spear_stream.weightsync.dist import DistPublisher
 
         return DistPublisher(host=host, timeout_s=timeout_s, bucket_bytes=bucket_bytes, backend=backend)
-    if method == "sglang_disk":
+    if method.startswith("sglang_"):
         from spear_stream.weightsync.sglang import SGLangDiskPublisher
+        from spear_stream.weightsync.sglang_nccl import SGLangNCCLPublisher
 
-        return SGLangDiskPublisher(
-            sglang_urls or [], Path(run_dir) / "weights", model_dir=model_dir or "", timeout_s=timeout_s,
-            keep_last=keep_last,
+        common: dict[str, Any] = {
+            "model_dir": model_dir or "", "timeout_s": timeout_s, "keep_last": keep_last, "bucket_bytes": bucket_bytes
+        }  # fmt: skip
+        if method == "sglang_disk":
+            return SGLangDiskPublisher(sglang_urls or [], Path(run_dir) / "weights", **common)
+        return SGLangNCCLPublisher(
+            sglang_urls or [], Path(run_dir) / "weights", host=host, port_range=port_range or [29600, 29699],
+            backend=backend, **common,
         )  # fmt: skip
     raise ValueError(f"sync.method must be one of {METHODS}, got {method!r}")
 

@@ -153,3 +153,29 @@ def test_per_token_weight_version_spans_are_used_where_reported():
     }
     _, gen = parse_generation({"output_ids": [7, 7, 7], "meta_info": meta})
     assert gen.versions == [4, 4, 5]
+
+
+def test_training_against_an_unreachable_server_fails_at_start_naming_it(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from spear_stream.utils import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cmd = [
+        sys.executable, "-m", "spear_stream.cli.main", "train", "--model.path", str(tiny_model_dir),
+        "--run_dir", str(tmp_path / "run"), "--rollout.engine", "sglang", "--rollout.sglang_urls", url,
+        "--sync.method", "sglang_disk", "--eval.episodes", "0",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert f"SGLang server {url} is not reachable" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_engine_and_mismatched_sync_method_are_config_errors():
+    from spear_stream.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rollout.engine"):
+        load_config(None, ["--rollout.engine", "vllm"])
+    with pytest.raises(ConfigError, match="sync.method"):
+        load_config(None, ["--rollout.engine", "sglang", "--rollout.sglang_urls", A])  # sync.method disk
