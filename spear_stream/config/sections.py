@@ -62,6 +62,8 @@ class RolloutConfig:
     max_concurrent_episodes: int = spec(128, lo=1, help="episodes in flight per worker (and in evaluation)")
     sglang_urls: list[str] = field(default_factory=list)  # rollout.engine = "sglang": the servers' base URLs
     request_timeout_s: float = spec(600.0, lo=0.0, lo_open=True, help="server engines: one request's limit")
+    # a turn cut short by a weight update: "resume" it (its later tokens carry the new version) or "drop" its group
+    partial: Literal["resume", "drop"] = "resume"
     num_threads: int = spec(1, lo=1)
 
 

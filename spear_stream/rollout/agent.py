@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -54,6 +55,10 @@ class GroupResult:
 Policy = Callable[[Episode], Awaitable[Generation]]
 
 
+class TurnAborted(Exception):
+    """A turn was cut short by the engine (a weight update) and ``rollout.partial = "drop"``."""
+
+
 class AgentLoop:
     def __init__(
         self,
@@ -64,7 +69,12 @@ class AgentLoop:
         max_seq_len: int,
         worker_id: int = 0,
         ngram: tuple[int, int] = (20, 10),
+        partial: str = "resume",
     ) -> None:
+        if partial not in ("resume", "drop"):
+            raise ValueError(f"rollout.partial must be 'resume' or 'drop', got {partial!r}")
+        self.partial = partial
+        self.counters: Counter[str] = Counter()  # turns resumed, groups regenerated (reported by workers)
         self.fmt = fmt
         self.env_name, self.env_params = env_name, dict(env_params or {})
         self.sampling = sampling
@@ -143,6 +153,9 @@ class AgentLoop:
         """
         gen = await policy(episode)
         while gen.finish_reason == "abort" and len(gen.token_ids) < self.sampling.max_new_tokens:
+            if self.partial == "drop":
+                raise TurnAborted
+            self.counters["agent/turns_resumed"] += 1
             episode.recorder.pending = gen  # prompt() now ends with the partial turn
             more = await policy(episode)
             episode.recorder.pending = None
@@ -157,13 +170,23 @@ class AgentLoop:
         return gen
 
     async def run_group(self, task: Task, group_size: int, policy: Policy) -> GroupResult:
-        gid = self.next_group_id()
+        """The task's G episodes; with ``partial = "drop"`` a group with a turn cut short is played again
+        (its other episodes are cancelled: a group is trained whole or not at all)."""
         env_id = env_id_of(self.env_name)
-        row_ids = [
-            RowIds(gid, gid * 1024 + i, task.task_id, env_id, self.worker_id) for i in range(group_size)
-        ]
-        episodes = await asyncio.gather(*(self.run_episode(task, ids, policy) for ids in row_ids))
-        return self._collect(task, gid, list(episodes))
+        while True:
+            gid = self.next_group_id()
+            row_ids = [
+                RowIds(gid, gid * 1024 + i, task.task_id, env_id, self.worker_id) for i in range(group_size)
+            ]
+            aborted = False
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self.run_episode(task, ids, policy)) for ids in row_ids]
+            except* TurnAborted:
+                aborted = True
+            if not aborted:
+                return self._collect(task, gid, [t.result() for t in tasks])
+            self.counters["agent/groups_regenerated"] += 1
 
     async def run_groups(
         self,

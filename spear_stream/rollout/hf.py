@@ -288,18 +288,22 @@ class HFEngine:
         if batch is None:
             return finished
         for _ in range(self.chunk_size):
-            finished += self._sample(batch)
+            self._sample(batch)
             if all(r.finish for r in batch.requests):
                 break
             self._decode_step(batch)
-        alive = [i for i, r in enumerate(batch.requests) if r.finish is None]
-        self._keep_prefixes(batch)
+        # One snapshot of the finish flags decides both lists: an abort flagged from the event loop after it is
+        # retired with the next chunk, never dropped in between.
+        done = [r.finish is not None for r in batch.requests]
+        finished += [r for r, d in zip(batch.requests, done) if d]
+        alive = [i for i, d in enumerate(done) if not d]
+        self._keep_prefixes([r for r, d in zip(batch.requests, done) if d], batch)
         if not alive:
             self._batch = None
         elif len(alive) < len(batch.requests):
             batch.keep(alive)
             self._last_tokens = self._last_tokens[torch.tensor(alive)]
-        return list(dict.fromkeys(finished))  # an abort may be seen at several steps of the chunk
+        return finished
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
         self.decode_steps += 1
@@ -343,14 +347,16 @@ class HFEngine:
             layers.append((keys, values))
         return layers
 
-    def _keep_prefixes(self, batch: _Batch) -> None:
+    def _keep_prefixes(self, finished: list[_Request], batch: _Batch) -> None:
         """Store the KV of each finished request of an episode for its next turn: the tokens fed to the model
         (the prompt and all generated tokens but the last), in order, without padding."""
         if self.prefix_cache.max_tokens <= 0:
             return
-        for i, r in enumerate(batch.requests):
-            if r.finish is None or r.affinity is None or not r.tokens:
+        rows = {id(r): i for i, r in enumerate(batch.requests)}
+        for r in finished:
+            if r.affinity is None or not r.tokens:
                 continue
+            i = rows[id(r)]
             fed = len(r.prompt) + len(r.tokens) - 1
             columns = batch.attention[i].nonzero().squeeze(1)[:fed]
             kv = [
@@ -359,12 +365,11 @@ class HFEngine:
             ]
             self.prefix_cache.put(r.affinity, r.prompt + r.tokens[:-1], kv)
 
-    def _sample(self, batch: _Batch) -> list[_Request]:
-        """One token for every unfinished request from the pending logits; returns the requests that ended."""
+    def _sample(self, batch: _Batch) -> None:
+        """One token for every unfinished request from the pending logits; marks the ones that end."""
         tokens = torch.zeros(len(batch.requests), dtype=torch.long)
         logprobs = torch.zeros(len(batch.requests))
         by_params: dict[SamplingParams, list[int]] = {}
-        ended = [r for r in batch.requests if r.finish == "abort" and not r.future.done()]
         for i, r in enumerate(batch.requests):
             if r.finish is None:
                 by_params.setdefault(r.params, []).append(i)
@@ -382,10 +387,7 @@ class HFEngine:
                     r.finish = "stop"
                 elif len(r.tokens) >= r.params.max_new_tokens:
                     r.finish = "length"
-                if r.finish:
-                    ended.append(r)
         self._last_tokens = tokens
-        return ended
 
     def _decode_step(self, batch: _Batch) -> None:
         positions = batch.positions

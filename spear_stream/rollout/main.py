@@ -70,6 +70,7 @@ class WorkerProcess:
             r.max_seq_len,
             worker_id,
             ngram=(f.ngram, f.ngram_repeats),
+            partial=r.partial,
         )
         self.loop.groups_started = incarnation << 24  # a replacement worker never reuses group ids
         self.sender = RolloutSender(
@@ -132,7 +133,9 @@ class WorkerProcess:
         in_flight: set[asyncio.Task] = set()
         idle_since = time.monotonic()
         while True:
-            self.sender.stats = engine_stats(self.engine)
+            self.sender.stats = engine_stats(self.engine) | {
+                k: float(v) for k, v in self.loop.counters.items()
+            }
             self.sender.poll(0 if in_flight else 50)  # credits, weights, stop; heartbeats (with the stats)
             if self.sender.stop_requested:
                 raise ChannelStopped(f"worker {self.sender.worker_id}: the learner requested stop")

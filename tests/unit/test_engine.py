@@ -150,3 +150,24 @@ def test_a_turn_that_extends_its_episode_reuses_the_cached_prefix_and_stays_exac
     # a weight update drops every cached prefix: old keys and values must not seed the new policy
     engine.load_weights({k: v.clone() for k, v in model.state_dict().items()}, 1)
     assert len(engine.prefix_cache) == 0
+
+
+def test_an_abort_that_lands_during_a_chunks_last_decode_step_still_ends_the_request(tiny_model_dir):
+    """The abort comes from the event loop while the worker thread decodes; it must not be lost in between."""
+    engine = HFEngine(load_model(tiny_model_dir), seed=0, chunk_size=4)
+    decode = engine._decode_step
+    calls = []
+
+    def decode_then_abort(batch):
+        decode(batch)
+        calls.append(1)
+        if len(calls) == 4:  # the last decode step of the first chunk
+            engine.abort("r")
+
+    engine._decode_step = decode_then_abort  # type: ignore[method-assign]
+
+    async def main():
+        return await asyncio.wait_for(engine.generate([1, 2, 3], SamplingParams(40, 1.0), rid="r"), timeout=30)
+
+    gen = asyncio.run(main())
+    assert gen.finish_reason == "abort" and len(gen.token_ids) == 4
