@@ -100,10 +100,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: Config) -> None:
     check_ranges(cfg)
     server_sync = cfg.sync.method.startswith("sglang")
+    if cfg.rollout.engine == "sglang" and not (cfg.rollout.sglang_urls or cfg.rollout.sglang_launch):
+        raise ConfigError("rollout.engine = 'sglang' needs rollout.sglang_urls or rollout.sglang_launch")
     if (cfg.rollout.engine == "sglang") != server_sync:
         raise ConfigError(
             f"config key 'sync.method' = {cfg.sync.method!r} does not fit rollout.engine = {cfg.rollout.engine!r}: "
             "SGLang servers are updated with sglang_disk or sglang_nccl; the in-process engine with dist, disk or shm"
+        )
+    if cfg.rollout.sglang_launch and cfg.rollout.engine != "sglang":
+        raise ConfigError("config key 'rollout.sglang_launch' needs rollout.engine = 'sglang'")
+    if cfg.rollout.sglang_launch and not (cfg.rollout.sglang_servers or cfg.rollout.sglang_gpus):
+        raise ConfigError(
+            "config key 'rollout.sglang_launch' needs rollout.sglang_servers >= 1 or rollout.sglang_gpus"
         )
     if cfg.rollout.engine == "sglang" and cfg.rollout.num_workers == 0:
         raise ConfigError(

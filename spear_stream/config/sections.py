@@ -64,6 +64,17 @@ class RolloutConfig:
     request_timeout_s: float = spec(600.0, lo=0.0, lo_open=True, help="server engines: one request's limit")
     # a turn cut short by a weight update: "resume" it (its later tokens carry the new version) or "drop" its group
     partial: Literal["resume", "drop"] = "resume"
+    # `spear-stream train` starts the SGLang servers itself from this command template (rollout/servers.py):
+    # placeholders {python} {model} {port} {nccl_port} {gpu} {index}; "" = use rollout.sglang_urls as given
+    sglang_launch: str = ""
+    sglang_servers: int = spec(0, lo=0, help="servers to launch (0: one per entry of rollout.sglang_gpus)")
+    sglang_gpus: list[int] = field(default_factory=list)  # one server per GPU id (CUDA_VISIBLE_DEVICES)
+    sglang_python: str = spec(
+        "python", help="the SGLang environment's interpreter ({python} in the template)"
+    )
+    sglang_start_timeout_s: float = spec(
+        600.0, lo=0.0, lo_open=True, help="launched servers: time to healthy"
+    )
     num_threads: int = spec(1, lo=1)
 
 

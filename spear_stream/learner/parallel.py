@@ -353,6 +353,7 @@ def loss_over_work(
     sil_gamma: float | None = None,
     generator: torch.Generator | None = None,
     ref_model: nn.Module | None = None,
+    version: int | None = None,
 ) -> dict[str, float]:
     """Forward + backward of this rank's planned micro-batches (gradients accumulate; no optimizer step).
 
@@ -379,6 +380,7 @@ def loss_over_work(
             weights=mb.weights,
             generator=generator,
             ref_model=ref_model,
+            version=version,
         )
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + value

@@ -159,6 +159,7 @@ def loss_over_rows(
     weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     ref_model=None,
+    version: int | None = None,
 ) -> dict[str, float]:
     """Forward + backward over ``rows`` in micro-batches (gradients accumulate; no optimizer step).
 
@@ -166,6 +167,10 @@ def loss_over_rows(
     ``sil_gamma`` the self-imitation term :func:`~spear_stream.algo.losses.sil_loss`: ``gamma(t)`` times the
     clipped surrogate against the stored behaviour log-probs, ``advantages`` being ``A_tilde`` and ``weights``
     the prioritized sampler's importance weights (``docs/algorithm.md`` section 6).
+
+    ``version``: the policy version of these parameters; the sums ``loss/logprob_diff_sum`` and
+    ``loss/logprob_diff_tokens`` then compare the engine's log-probs with ours on the tokens that version
+    generated (they should agree up to kernel numerics; a growing gap means the engine and learner diverge).
     """
     loss_cfg = algo.loss
     sums: dict[str, float] = defaultdict(float)
@@ -197,6 +202,10 @@ def loss_over_rows(
             loss = loss + loss_cfg.kl_coef * kl
             m.update(kl_metrics)
         loss.backward()
+        if version is not None:
+            same = mask & (mb["token_version"] == version)
+            sums["loss/logprob_diff_sum"] += float((logp.detach() - mb["behavior_logp"]).abs()[same].sum())
+            sums["loss/logprob_diff_tokens"] += float(same.sum())
         weight = float(mask.sum()) / max(num_tokens, 1)
         sums["loss/policy"] += float(loss.detach())
         for key, value in m.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import torch
 
@@ -20,7 +21,25 @@ from spear_stream.launch import WorkerSupervisor
 from spear_stream.learner.sources import RolloutCounts
 from spear_stream.replay.fresh import FreshReplay
 from spear_stream.transport.receiver import RolloutReceiver
-from spear_stream.weightsync.base import make_publisher
+from spear_stream.weightsync.base import WeightAnnouncement, make_publisher
+
+
+def launch_servers(cfg: Config):
+    """Start the servers of ``rollout.sglang_launch``; their URLs go into the config the workers read."""
+    from spear_stream.config import to_toml
+    from spear_stream.rollout.servers import ServerLauncher
+
+    r = cfg.rollout
+    launcher = ServerLauncher(
+        r.sglang_launch, r.sglang_servers or len(r.sglang_gpus), python=r.sglang_python, model=cfg.model.path,
+        log_dir=cfg.run_path / "logs", gpus=r.sglang_gpus, start_timeout_s=r.sglang_start_timeout_s,
+        hang_timeout_s=max(60.0, cfg.sync.timeout_s),
+    )  # fmt: skip
+    r.sglang_urls = launcher.start()
+    (cfg.run_path / "config.toml").write_text(to_toml(cfg))
+    (cfg.run_path / "servers.json").write_text(json.dumps(launcher.pids()))
+    print(f"learner: started {len(r.sglang_urls)} server(s): {', '.join(r.sglang_urls)}", flush=True)
+    return launcher
 
 
 def weight_backend(cfg: Config) -> str:
@@ -46,6 +65,7 @@ class StreamSource:
     def __init__(self, cfg: Config, tokenizer) -> None:
         self.cfg = cfg
         run_dir = cfg.run_path
+        self.launcher = launch_servers(cfg) if cfg.rollout.sglang_launch else None
         if cfg.rollout.engine == "sglang":  # fail now, naming the server, not in every worker after a while
             from spear_stream.rollout.sglang import SGLangEngine
 
@@ -74,6 +94,9 @@ class StreamSource:
         )
         self.counts = RolloutCounts()
         self.sync_metrics: dict[str, float] = {}  # of the last publication (server update methods)
+        self.announced: WeightAnnouncement | None = None
+        self.last_state: dict[str, torch.Tensor] | None = None
+        self.server_restarts = 0
         # how long fill() waits for one batch before giving up (workers keep restarting meanwhile)
         self.batch_timeout_s = max(600.0, 10 * cfg.sync.timeout_s)
 
@@ -95,6 +118,8 @@ class StreamSource:
         self.supervisor.stop()
         self.receiver.close()
         self.publisher.close()
+        if self.launcher is not None:
+            self.launcher.stop()
 
     # ------------------------------------------------------------------ data
     def fill(
@@ -103,6 +128,7 @@ class StreamSource:
         deadline = time.monotonic() + self.batch_timeout_s
         while True:
             self._supervise()
+            self._supervise_servers()
             self._grant(replay.num_groups, per_step, values)
             self._pump(replay, 20)
             replay.drop_stale(current_version=version, max_staleness=values.max_staleness)
@@ -144,6 +170,28 @@ class StreamSource:
         announcement = self.publisher.publish(state, version)
         self.receiver.announce_weights(version, announcement.to_json())
         self.sync_metrics = dict(getattr(self.publisher, "last_metrics", {}))
+        self.announced = announcement
+        if self.launcher is not None:  # a restarted server gets these weights before it serves again
+            self.last_state = state
+
+    def _supervise_servers(self) -> None:
+        """Launched servers: re-announce without a lost one (workers stop using it), re-sync it once it is back."""
+        if self.launcher is None:
+            return
+        lost, back = self.launcher.check()
+        publisher: Any = self.publisher
+        if lost:
+            publisher.mark_lost(lost)
+            self.server_restarts += len(lost)
+            (self.cfg.run_path / "servers.json").write_text(json.dumps(self.launcher.pids()))
+        for url in back:
+            if self.last_state is None:  # nothing published yet: it serves model.path, version 0, as all do
+                publisher.in_sync.add(url)
+            else:
+                publisher.resync(url, self.last_state, self.announced.version if self.announced else 0)
+        if (lost or back) and self.announced is not None:
+            self.announced.location["servers"] = sorted(publisher.in_sync)
+            self.receiver.announce_weights(self.announced.version, self.announced.to_json())
 
     # ------------------------------------------------------------------ metrics and state
     def metrics(self) -> dict[str, float]:
@@ -151,6 +199,7 @@ class StreamSource:
         out |= self.counts.metrics() | self.receiver.stats_totals()
         out["rollout/workers_alive"] = float(len(self.receiver.workers))
         out["rollout/worker_restarts"] = float(self.supervisor.restarts)
+        out["rollout/server_restarts"] = float(self.server_restarts)
         return out | self.sync_metrics
 
     def state_dict(self) -> dict:

@@ -86,6 +86,7 @@ class WorkerProcess:
         self.max_groups_in_flight = max(1, r.max_concurrent_episodes // cfg.env.group_size)
         self.sync_errors = 0
         self.skipped_version = -1
+        self.servers_announcement = ""
 
     def apply_weights(self) -> None:
         """Load the newest announced weights into the in-process engine if newer than its own.
@@ -97,8 +98,8 @@ class WorkerProcess:
         if ann is None:
             return
         if isinstance(self.engine, SGLangEngine):  # the learner updated the servers; use the ones it names
-            if ann.version > self.skipped_version:
-                self.skipped_version = ann.version
+            if ann.location != self.servers_announcement:  # a new version, or a server lost or re-synced
+                self.servers_announcement = ann.location
                 try:
                     self.engine.set_servers(
                         WeightAnnouncement.from_json(ann.location).location.get("servers", [])

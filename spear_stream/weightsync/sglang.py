@@ -92,16 +92,26 @@ class ServerPublisher:
         self.counters: Counter[str] = Counter()
         self.last_metrics: dict[str, float] = {}
         self._disk_dir: str | None = None  # this version's directory, once written
+        self._disk_version = -1
 
-    def set_servers(self, urls: list[str]) -> None:
-        """The servers to update from now on (a launcher replaced one: it gets the weights at the next publish)."""
-        self.urls = [u.rstrip("/") for u in urls]
-        self.in_sync &= set(self.urls)
+    def mark_lost(self, urls: list[str]) -> None:
+        """Servers that died or were restarted: they hold no known version until :meth:`resync`."""
+        self.in_sync -= set(urls)
+
+    def resync(self, url: str, state_dict: Mapping[str, torch.Tensor], version: int) -> bool:
+        """Give a restarted server the current weights (from disk), check and continue it; True if it holds them."""
+        tensors, _ = prepare_state_dict(state_dict)
+        recovered = asyncio.run(self._recover([url], tensors, version))
+        if recovered:
+            self.in_sync.add(url)
+            self.counters["sync/server_resyncs"] += 1
+        return bool(recovered)
 
     def publish(self, state_dict: Mapping[str, torch.Tensor], version: int) -> WeightAnnouncement:
         t0 = time.monotonic()
         tensors, manifest = prepare_state_dict(state_dict)
         self._disk_dir = None
+        self._disk_version = version
         failed, timings = asyncio.run(self._update_all(tensors, version))
         recovered = asyncio.run(self._recover(failed, tensors, version)) if failed else []
         self.in_sync = (set(self.urls) - set(failed)) | set(recovered)
@@ -153,7 +163,8 @@ class ServerPublisher:
         raise NotImplementedError
 
     def _write_disk(self, tensors: dict[str, torch.Tensor], version: int) -> str:
-        if self._disk_dir is None:
+        if self._disk_dir is None or self._disk_version != version:
+            self._disk_version = version
             announcement = self.disk.publish(tensors, version)
             self._disk_dir = str(Path(announcement.location["path"]).parent)
         return self._disk_dir

@@ -73,6 +73,11 @@ class SGLangNCCLPublisher(ServerPublisher):
         self.group_name = ""
         self.members: list[str] = []  # the servers in the current group, in rank order
 
+    def mark_lost(self, urls: list[str]) -> None:
+        super().mark_lost(urls)
+        if set(urls) & set(self.members):  # a restarted server is not in the old group: build a new one
+            self._destroy_group()
+
     # ------------------------------------------------------------------ group
     async def _init_group(self, client: httpx.AsyncClient, urls: list[str]) -> None:
         """A fresh group over ``urls`` (rank offsets 1.., one rank per server)."""

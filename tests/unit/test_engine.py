@@ -167,7 +167,9 @@ def test_an_abort_that_lands_during_a_chunks_last_decode_step_still_ends_the_req
     engine._decode_step = decode_then_abort  # type: ignore[method-assign]
 
     async def main():
-        return await asyncio.wait_for(engine.generate([1, 2, 3], SamplingParams(40, 1.0), rid="r"), timeout=30)
+        return await asyncio.wait_for(
+            engine.generate([1, 2, 3], SamplingParams(40, 1.0), rid="r"), timeout=30
+        )
 
     gen = asyncio.run(main())
     assert gen.finish_reason == "abort" and len(gen.token_ids) == 4

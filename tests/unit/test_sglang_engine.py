@@ -175,7 +175,7 @@ def test_training_against_an_unreachable_server_fails_at_start_naming_it(tiny_mo
 def test_unknown_engine_and_mismatched_sync_method_are_config_errors():
     from spear_stream.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="rollout.engine"):
+    with pytest.raises(ConfigError, match=r"rollout\.engine"):
         load_config(None, ["--rollout.engine", "vllm"])
-    with pytest.raises(ConfigError, match="sync.method"):
+    with pytest.raises(ConfigError, match=r"sync\.method"):
         load_config(None, ["--rollout.engine", "sglang", "--rollout.sglang_urls", A])  # sync.method disk
