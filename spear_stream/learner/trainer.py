@@ -148,12 +148,14 @@ class Trainer:
         sums: dict[str, float] = {}
         temperature = c.rollout.temperature or 1.0
         norm_len = c.algo.loss.norm_len or c.rollout.max_seq_len
-        for work in my_steps:
+        for i, work in enumerate(my_steps):
             parts: list[tuple[str, dict[str, float]]] = []
             if work.fresh is not None:
+                # the engine-vs-learner log-prob gap needs these very weights: only before the first optimizer step
                 m = loss_over_work(
                     self.model, work.fresh, c.algo, temperature=temperature, norm_len=norm_len,
-                    cov=c.algo.loss.cov, generator=self.generator, ref_model=self.ref_model, version=self.step,
+                    cov=c.algo.loss.cov, generator=self.generator, ref_model=self.ref_model,
+                    version=self.step if i == 0 else None,
                 )  # fmt: skip
                 parts.append(("loss/", m))
             if work.sil is not None:  # J = J_GRPO + gamma(t) * J_SIL, against stored behaviour log-probs
