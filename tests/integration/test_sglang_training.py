@@ -54,19 +54,24 @@ def test_async_training_through_two_standins_learns_and_servers_follow_the_learn
     run = tmp_path / "run"
     with standins(demo_like_model_dir, tmp_path, 2) as servers:
         urls = [s.url for s in servers]
-        result = run_to_end(train_cmd(demo_like_model_dir, run, urls, "--learner.steps", "30"))
+        # guess-the-number over 1..4: the warm start (trained on 1..15) rarely wins at first and learns fast
+        # (the in-process engine, same command: 3% over the first 5 steps, 18% over the last 5)
+        cmd = train_cmd(
+            demo_like_model_dir, run, urls, "--learner.steps", "20", "--env.params", '{"n_max": 4}'
+        )
+        result = run_to_end(cmd)
         assert result.returncode == 0, result.stdout[-4000:]
-        assert [server_version(u) for u in urls] == [
-            "30",
-            "30",
-        ]  # every server holds the learner's last version
+        versions = [server_version(u) for u in urls]
+        assert versions == ["20", "20"]  # every server holds the learner's last version
     steps = [m for m in read_metrics(run) if "loss/policy" in m]
-    assert [m["step"] for m in steps] == list(range(1, 31))
+    assert [m["step"] for m in steps] == list(range(1, 21))
     assert all(m["staleness/max"] <= 2 for m in steps)  # the versions the servers stamped, within the bound
-    assert steps[-1]["sync/server_update_failures"] == 0 and steps[-1]["sync/server_updates"] == 60
+    assert steps[-1]["sync/server_update_failures"] == 0 and steps[-1]["sync/server_updates"] == 40
     early = sum(m["rollout/success_rate"] for m in steps[:5]) / 5
     late = sum(m["rollout/success_rate"] for m in steps[-5:]) / 5
-    assert late > early + 0.1, (early, late)  # success rises over the run, as with the in-process engine
+    assert late > early + 0.08, (early, late)  # success rises over the run, as with the in-process engine
+    # tokens made by the weights being trained: the stand-in's log-probs are the learner's (fp32, same kernels)
+    assert max(m["loss/logprob_abs_diff"] for m in steps if "loss/logprob_abs_diff" in m) < 1e-4
     assert steps[-1]["rollout/engine/requests"] > 0 and steps[-1]["rollout/engine/failovers"] == 0
 
 
