@@ -1,7 +1,12 @@
 """Seconds per weight sync and GB/s for each method, learner (this process) -> one worker (another process).
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/bench_weightsync.py [--methods disk,shm,dist] [--repeats 5]
-        [--models tiny,100m] [--bucket-mb 64]
+        [--models tiny,100m] [--bucket-mb 64] [--sglang]
+
+``--sglang`` adds ``sglang_nccl`` (gloo on CPU) into a stand-in SGLang server (``tools/sglang_standin.py``,
+needs ``make setup``): the whole update sequence (pause, bucketed broadcasts with their HTTP calls, the server
+loading each bucket, version check, continue), next to a raw gloo broadcast of the same buckets to a plain
+receiving process, measured in the same run; the ratio is raw seconds / sglang_nccl seconds.
 
 Models: ``tiny`` (the built-in tiny model, built with build_tiny in a temp dir) and ``100m`` (a random-init
 ~110M-parameter Qwen2: hidden 768, 12 layers, vocab 32000, tied embeddings; created in memory, fp32).
@@ -73,6 +78,93 @@ def bench_one(method: str, state_dict, probe: ProbeProcess, workdir: Path, args)
     return dict(zip(("publish_s", "fetch_s", "apply_s", "total_s"), medians))
 
 
+def raw_gloo_receiver(port: int, sizes: list[int], rounds: int, done) -> None:
+    """A second process in a 2-rank gloo group that receives ``rounds`` x the buckets and acks each round."""
+    import torch.distributed as dist
+
+    from spear_stream.weightsync.sglang_nccl import init_update_group
+
+    group = init_update_group("gloo", "127.0.0.1", port, 2, 1, "raw_bench", 120.0)
+    buffers = [torch.empty(n, dtype=torch.uint8) for n in sizes]
+    for _ in range(rounds):
+        for buffer in buffers:
+            dist.broadcast(buffer, group_src=0, group=group)
+        done.send(True)
+
+
+def bench_sglang(
+    tensors: dict[str, torch.Tensor], model_dir: Path, workdir: Path, args
+) -> tuple[float, float]:
+    """(raw gloo seconds, sglang_nccl seconds) per sync of ``tensors``: medians over ``--repeats``."""
+    import multiprocessing as mp
+    import sys
+
+    import torch.distributed as dist
+
+    from spear_stream.utils import free_port
+    from spear_stream.weightsync.buckets import flatten, plan_buckets
+    from spear_stream.weightsync.sglang_nccl import SGLangNCCLPublisher, init_update_group
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import standin
+
+    _, manifest = prepare_state_dict(tensors)
+    buckets = plan_buckets(manifest, args.bucket_mb << 20)
+    buffers = [b.view(torch.uint8) for b in flatten(tensors, buckets)]
+    port, rounds = free_port(), args.repeats + 1
+    parent, child = mp.Pipe()
+    receiver = mp.get_context("spawn").Process(
+        target=raw_gloo_receiver, args=(port, [b.numel() for b in buffers], rounds, child)
+    )
+    receiver.start()
+    group = init_update_group("gloo", "127.0.0.1", port, 2, 0, "raw_bench", 120.0)
+    raw = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for buffer in buffers:
+            dist.broadcast(buffer, group_src=0, group=group)
+        parent.recv()
+        raw.append(time.perf_counter() - t0)
+    receiver.join(30)
+    dist.destroy_process_group(group)
+    server = standin.start(model_dir, workdir)
+    try:
+        standin.wait_healthy(server)
+        publisher = SGLangNCCLPublisher(
+            [server.url], workdir / "sglang-weights", host="127.0.0.1", port_range=[29800, 29899], backend="gloo",
+            model_dir=model_dir, timeout_s=args.timeout_s, bucket_bytes=args.bucket_mb << 20,
+        )  # fmt: skip
+        path = []
+        for version in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            publisher.publish(tensors, version)
+            path.append(time.perf_counter() - t0)
+            if publisher.last_metrics.get("sync/server_update_failures"):
+                raise RuntimeError(f"sglang_nccl update failed: {publisher.last_metrics}")
+        publisher.close()
+    finally:
+        server.stop(9)
+    return statistics.median(raw[1:]), statistics.median(path[1:])  # the first of each is a warm-up
+
+
+def save_model_dir(state_dict, workdir: Path, name: str) -> Path:
+    """An HF directory (config, weights, the tiny tokenizer) for the stand-in server to load."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from spear_stream.models import load_tokenizer
+
+    out = workdir / name
+    if name == "tiny":
+        return workdir / "tiny"
+    config = Qwen2Config(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                         num_attention_heads=12, num_key_value_heads=12, tie_word_embeddings=True)  # fmt: skip
+    model = Qwen2ForCausalLM(config)
+    model.load_state_dict(state_dict, strict=False)
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(workdir / "tiny").save_pretrained(out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default="disk,shm,dist")
@@ -80,6 +172,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bucket-mb", type=int, default=64)
     parser.add_argument("--timeout-s", type=float, default=120.0)
+    parser.add_argument("--sglang", action="store_true", help="also sglang_nccl vs raw gloo (see above)")
     args = parser.parse_args()
     set_threads(1)
     print(
@@ -89,8 +182,9 @@ def main() -> None:
         workdir = Path(tmp)
         probe = ProbeProcess()
         try:
+            tiny = tiny_state_dict(workdir)  # also the tokenizer of every model directory the stand-in loads
             for model in args.models.split(","):
-                state_dict = tiny_state_dict(workdir) if model == "tiny" else qwen2_100m_state_dict()
+                state_dict = tiny if model == "tiny" else qwen2_100m_state_dict()
                 tensors, manifest = prepare_state_dict(state_dict)
                 nbytes = sum(spec.nbytes for spec in manifest)
                 params = sum(spec.numel for spec in manifest)
@@ -107,6 +201,15 @@ def main() -> None:
                         f"  {method:<6} {r['publish_s']:>10.4f} {r['fetch_s']:>10.4f} {r['apply_s']:>10.4f} "
                         f"{r['total_s']:>10.4f} "
                         f"{gbps:>8.2f}",
+                        flush=True,
+                    )
+                if args.sglang:
+                    raw_s, path_s = bench_sglang(
+                        tensors, save_model_dir(state_dict, workdir, model), workdir, args
+                    )
+                    print(
+                        f"  raw gloo broadcast {raw_s:.4f} s ({nbytes / raw_s / 1e9:.2f} GB/s); sglang_nccl into a "
+                        f"stand-in {path_s:.4f} s ({nbytes / path_s / 1e9:.2f} GB/s): {raw_s / path_s:.0%} of raw",
                         flush=True,
                     )
         finally:

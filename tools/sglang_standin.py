@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     app, _ = build_app(args)
     print(f"sglang stand-in: serving {args.model} on http://{args.host}:{args.port}", flush=True)
     # lifespan "off": SGLang's lifespan starts its OpenAI and gRPC layers, which the native routes do not use
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=3)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=3
+    )
     return 0
 
 

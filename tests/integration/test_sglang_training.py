@@ -72,7 +72,7 @@ def test_async_training_through_two_standins_learns_and_servers_follow_the_learn
     assert late > early + 0.08, (early, late)  # success rises over the run, as with the in-process engine
     # tokens made by the weights being trained: the stand-in's log-probs are the learner's (fp32, same kernels)
     assert max(m["loss/logprob_abs_diff"] for m in steps if "loss/logprob_abs_diff" in m) < 1e-4
-    assert steps[-1]["rollout/engine/requests"] > 0 and steps[-1]["rollout/engine/failovers"] == 0
+    assert steps[-1]["rollout/engine/requests"] > 0 and steps[-1].get("rollout/engine/failovers", 0) == 0
 
 
 def test_a_killed_server_fails_over_and_no_accepted_group_is_lost(tiny_model_dir, tmp_path):
