@@ -14,7 +14,6 @@ from spear_stream.metrics import read_metrics
 
 SUCCESS = "rollout/success_rate"
 EVAL_AFTER, EVAL_BEFORE = "eval/after/sampled", "eval/before/sampled"
-ACTUAL_ENV_STEPS = "rollout/env_steps"  # used for the x axis when the trainer logs it (per learner step)
 FRESH_GROUPS = "learner/fresh_groups"  # fresh groups trained on per learner step (both trainers log it)
 
 
@@ -32,7 +31,6 @@ class RunResult:
     steps: list[int] = field(default_factory=list)
     success: list[float] = field(default_factory=list)
     env_steps: list[float] = field(default_factory=list)  # cumulative, x axis of the curves
-    actual_env_steps: bool = False
     eval_after: float | None = None
     eval_before: float | None = None
     wall_s_per_step: float | None = None
@@ -61,20 +59,14 @@ def read_run(run_dir: Path, seed: int, per_step: int, per_group: int) -> RunResu
         if r.get(SUCCESS) is not None:
             res.steps.append(int(r["step"]))
             res.success.append(float(r[SUCCESS]))
-            if r.get(ACTUAL_ENV_STEPS) is not None:
-                res.actual_env_steps = True
-                total_env += float(r[ACTUAL_ENV_STEPS])
-            elif r.get(FRESH_GROUPS) is not None:
+            if r.get(FRESH_GROUPS) is not None:
                 total_env += float(r[FRESH_GROUPS]) * per_group
             else:  # runs from before the trainers logged their fresh groups
                 total_env = float(r["step"]) * per_step
             res.env_steps.append(total_env)
-        if r.get("time/step_s") is not None:  # streaming trainer: the learner waited time/wait_s for data
+        if r.get("time/step_s") is not None:  # the learner waited time/wait_s of it for data
             walls.append(float(r["time/step_s"]))
             learns.append(float(r["time/step_s"]) - float(r.get("time/wait_s") or 0.0))
-        elif r.get("time/train_s") is not None:  # in-process trainer: rollout, then train
-            walls.append(float(r["time/train_s"]) + float(r.get("time/rollout_s") or 0.0))
-            learns.append(float(r["time/train_s"]))
         res.eval_after = r.get(EVAL_AFTER, res.eval_after)
         res.eval_before = r.get(EVAL_BEFORE, res.eval_before)
     # The first steps include start-up (model load, first batch): skip them when there are enough.
@@ -167,8 +159,8 @@ def markdown_table(rows: list[dict[str, Any]], notes: list[str]) -> str:
         "",
         "Success: mean ± sample std over seeds. *eval*: sampled success on the held-out split (eval.episodes episodes,",
         "eval.temperature) before and after RL. *train success*: rollout success over the last 10% of learner steps.",
-        "*learner s/step*: learner time per step without waiting for rollouts (streaming: time/step_s - time/wait_s;",
-        "in-process: time/train_s), mean over runs after the first two steps; the ratio compares a `*_spear` recipe",
+        "*learner s/step*: learner time per step without waiting for rollouts (time/step_s - time/wait_s), mean",
+        "over runs after the first two steps; the ratio compares a `*_spear` recipe",
         "with the same recipe without SPEAR. *learner s in all*: the learner time of a whole run (every step), mean over",
         "runs: at an equal environment-step budget a SPEAR recipe with fixed-size batches takes more, equally dear, steps.",
         "*env steps (nominal)*: fresh groups trained on x group_size x the environment's turn cap",
@@ -206,8 +198,7 @@ def plot_curves(results: dict[str, list[RunResult]], path: Path, window: int, ti
             color=line.get_color(),
             alpha=0.2,
         )
-    actual = any(x.actual_env_steps for runs in results.values() for x in runs)
-    ax.set_xlabel("environment steps" + ("" if actual else " (nominal: episodes x turn cap)"))
+    ax.set_xlabel("environment steps (nominal: episodes x turn cap)")
     ax.set_ylabel(f"rollout success rate (moving average over {window} steps)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
