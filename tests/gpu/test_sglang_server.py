@@ -88,3 +88,28 @@ def test_short_training_run_updates_the_servers_weights(server, tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert httpx.get(f"{server}/model_info", timeout=10).json()["weight_version"] == "3"
+
+
+@pytest.mark.parametrize("method", ["sglang_nccl", "sglang_disk"])
+def test_weight_sync_into_a_real_server_changes_its_outputs_to_the_new_weights(server, tmp_path, method):
+    """The learner's sync paths against a real server: NCCL needs the learner on a GPU the server can reach
+    (same node: NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 if CUDA_VISIBLE_DEVICES differ); disk a shared path."""
+    from spear_stream.weightsync.base import make_publisher
+
+    model = load_model(MODEL, "float32")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    device = "cuda" if method == "sglang_nccl" and torch.cuda.is_available() else "cpu"
+    state = {k: v.to(device) for k, v in model.state_dict().items()}
+    publisher = make_publisher(
+        method, run_dir=tmp_path, timeout_s=300, sglang_urls=[server], model_dir=MODEL,
+        backend="nccl" if device == "cuda" else "gloo",
+    )  # fmt: skip
+    try:
+        publisher.publish(state, 7)
+    finally:
+        publisher.close()
+    assert httpx.get(f"{server}/model_info", timeout=10).json()["weight_version"] == "7"
+    assert publisher.last_metrics["sync/server_update_failures"] == 0  # type: ignore[attr-defined]
