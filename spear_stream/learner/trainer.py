@@ -97,7 +97,7 @@ class Trainer:
             self.source.load_state_dict(extra["source"])
         self.resumed = True
         if self.is_main:
-            print(f"resumed from {path}: step {self.step}", flush=True)
+            print(f"resumed from {path}: step {self.step}, policy version {self.step}", flush=True)
 
     def save(self) -> Path:
         extra = {
