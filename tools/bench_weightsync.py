@@ -8,8 +8,9 @@ needs ``make setup``): the whole update sequence (pause, bucketed broadcasts wit
 loading each bucket, version check, continue), next to a raw gloo broadcast of the same buckets to a plain
 receiving process, measured in the same run; the ratio is raw seconds / sglang_nccl seconds.
 
-Models: ``tiny`` (the built-in tiny model, built with build_tiny in a temp dir) and ``100m`` (a random-init
-~110M-parameter Qwen2: hidden 768, 12 layers, vocab 32000, tied embeddings; created in memory, fp32).
+Models: ``tiny`` (the built-in tiny model, built with build_tiny in a temp dir), ``100m`` (a random-init
+~110M-parameter Qwen2: hidden 768, 12 layers, vocab 32000, tied embeddings; created in memory, fp32) and
+``500m`` (~360M parameters: hidden 896, 24 layers, intermediate 4864, like Qwen2-0.5B with a 32k vocabulary).
 Per sync: ``publish_s`` is how long the learner's thread is blocked in ``publish()``; ``fetch_s`` the worker's
 ``fetch()``; ``apply_s`` the worker copying the tensors into its "parameters" (what ``load_state_dict`` does;
 for disk, whose fetch returns memory-mapped tensors, the file is read here); ``total_s`` from the start of
@@ -40,20 +41,32 @@ def tiny_state_dict(workdir: Path) -> dict[str, torch.Tensor]:
     return load_model(model_dir).state_dict()
 
 
-def qwen2_100m_state_dict() -> dict[str, torch.Tensor]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+QWEN2_SHAPES = {  # hidden, intermediate, layers, heads: random-init Qwen2s of ~110M and ~360M parameters
+    "100m": (768, 2048, 12, 12),
+    "500m": (896, 4864, 24, 14),
+}
 
-    config = Qwen2Config(
+
+def qwen2_config(name: str):
+    from transformers import Qwen2Config
+
+    hidden, intermediate, layers, heads = QWEN2_SHAPES[name]
+    return Qwen2Config(
         vocab_size=32000,
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         tie_word_embeddings=True,
     )
+
+
+def qwen2_state_dict(name: str) -> dict[str, torch.Tensor]:
+    from transformers import Qwen2ForCausalLM
+
     torch.manual_seed(0)
-    return Qwen2ForCausalLM(config).state_dict()
+    return Qwen2ForCausalLM(qwen2_config(name)).state_dict()
 
 
 def bench_one(method: str, state_dict, probe: ProbeProcess, workdir: Path, args) -> dict[str, float]:
@@ -90,6 +103,7 @@ def raw_gloo_receiver(port: int, sizes: list[int], rounds: int, done) -> None:
         for buffer in buffers:
             dist.broadcast(buffer, group_src=0, group=group)
         done.send(True)
+    dist.destroy_process_group(group)
 
 
 def bench_sglang(
@@ -149,16 +163,14 @@ def bench_sglang(
 
 def save_model_dir(state_dict, workdir: Path, name: str) -> Path:
     """An HF directory (config, weights, the tiny tokenizer) for the stand-in server to load."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     from spear_stream.models import load_tokenizer
 
     out = workdir / name
     if name == "tiny":
         return workdir / "tiny"
-    config = Qwen2Config(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                         num_attention_heads=12, num_key_value_heads=12, tie_word_embeddings=True)  # fmt: skip
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(qwen2_config(name))
     model.load_state_dict(state_dict, strict=False)
     model.save_pretrained(out, safe_serialization=True)
     load_tokenizer(workdir / "tiny").save_pretrained(out)
@@ -184,7 +196,7 @@ def main() -> None:
         try:
             tiny = tiny_state_dict(workdir)  # also the tokenizer of every model directory the stand-in loads
             for model in args.models.split(","):
-                state_dict = tiny if model == "tiny" else qwen2_100m_state_dict()
+                state_dict = tiny if model == "tiny" else qwen2_state_dict(model)
                 tensors, manifest = prepare_state_dict(state_dict)
                 nbytes = sum(spec.nbytes for spec in manifest)
                 params = sum(spec.numel for spec in manifest)

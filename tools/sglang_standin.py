@@ -280,22 +280,36 @@ class EngineManager:
             )
         await self._wait_idle(bool(obj.abort_all_requests))
 
+        live = (
+            self.engine.model.state_dict()
+        )  # the server is paused: tensors may land in the weights directly
+
         def receive():
             if obj.load_format == "flattened_bucket":
                 bucket = FlattenedTensorBucket.empty(obj.names, obj.dtypes, obj.shapes, "cpu")
                 dist.broadcast(bucket.get_flattened_tensor(), src=0, group=group)
                 return bucket.reconstruct_tensors()
-            out = []
+            out, works = [], []
             for name, dtype, shape in zip(obj.names, obj.dtypes, obj.shapes):
-                tensor = torch.empty(shape, dtype=getattr(torch, dtype))
-                dist.broadcast(tensor, src=0, group=group)
-                out.append((name, tensor))
+                target = live.get(name)
+                dtype = getattr(torch, dtype)
+                in_place = target is not None and list(target.shape) == list(shape) and target.dtype == dtype
+                tensor = target if in_place else torch.empty(shape, dtype=dtype)
+                # as SGLang's receiver: every broadcast posted, then awaited; a failure leaves the weights
+                # partly updated (SGLang says so too: discard them), which the learner's recovery reloads
+                works.append(dist.broadcast(tensor, src=0, group=group, async_op=True))
+                if not in_place:
+                    out.append((name, tensor))
+            for work in works:
+                work.wait()
             return out
 
         try:
             named = await asyncio.to_thread(receive)
             version = int(obj.weight_version) if obj.weight_version is not None else self.engine.version
-            self.engine.load_weights(dict(named), version, partial=True)
+            self.engine.weights_changed(version)  # tensors received into the weights: new version, no old KV
+            if named:
+                self.engine.load_weights(dict(named), version, partial=True)
         except Exception as exc:
             return False, f"Failed to update parameter online: {exc}. The weights are partially updated."
         if obj.weight_version is not None:

@@ -202,9 +202,9 @@ class SyncConfig:
     host: str = spec(
         "127.0.0.1", help="learner rank 0's address as workers and servers reach it (dist, sglang_nccl)"
     )
-    port_range: list[int] = field(
-        default_factory=lambda: [29600, 29699]
-    )  # sglang_nccl: weight-update group ports
+    # sglang_nccl: the ports weight-update groups may use (a fresh one per group setup)
+    port_range: list[int] = field(default_factory=lambda: [29600, 29699])
+    bucket_mb: int = spec(512, lo=1, help="tensors per broadcast bucket (dist) or update call (sglang_nccl)")
 
 
 @dataclass

@@ -79,6 +79,7 @@ class StreamSource:
             model_dir=cfg.model.path,
             host=cfg.sync.host,
             port_range=cfg.sync.port_range,
+            bucket_mb=cfg.sync.bucket_mb,
             backend=weight_backend(cfg),
         )
         self.supervisor = WorkerSupervisor(

@@ -203,6 +203,14 @@ class HFEngine:
         elif self._wake is not None:
             self._wake.set()
 
+    def weights_changed(self, version: int) -> None:
+        """The model's tensors were written in place (an inference server receiving a broadcast while paused):
+        adopt ``version`` and forget cached keys and values. Only while no request runs."""
+        if self._busy or self._batch is not None:
+            raise RuntimeError("weights written in place while requests are running")
+        self.version = version
+        self.prefix_cache.clear()
+
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
