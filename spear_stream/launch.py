@@ -39,7 +39,9 @@ class WorkerSupervisor:
         log_dir: Path,
         heartbeat_timeout_s: float = 60.0,
         max_restarts: int = 20,
+        curve_key: str | None = None,
     ) -> None:
+        self.curve_key = curve_key
         self.n_workers, self.address, self.run_token = n_workers, address, run_token
         self.config_path, self.log_dir = config_path, log_dir
         self.heartbeat_timeout_s, self.max_restarts = heartbeat_timeout_s, max_restarts
@@ -55,8 +57,6 @@ class WorkerSupervisor:
             "spear_stream.rollout.main",
             "--connect",
             self.address,
-            "--run-token",
-            self.run_token,
             "--config",
             str(self.config_path),
             "--worker-id",
@@ -65,7 +65,14 @@ class WorkerSupervisor:
             str(incarnation),
         ]
         log = (self.log_dir / f"worker{worker_id}.log").open("a")
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        # the run token goes through the environment (readable by this user only), never the command line
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            "SPEAR_RUN_TOKEN": self.run_token,
+        }
+        if self.curve_key:
+            env["SPEAR_CURVE_KEY"] = self.curve_key
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
         return _Child(worker_id, proc, incarnation)

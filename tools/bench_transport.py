@@ -27,7 +27,7 @@ import zmq
 
 from spear_stream.config import TransportConfig
 from spear_stream.schema import make_row, validate_row
-from spear_stream.transport import RolloutReceiver, RolloutSender
+from spear_stream.transport import RolloutReceiver, RolloutSender, auth
 from spear_stream.transport.codec import encode_control, from_wire, parse_header, rebuild_consolidated
 from spear_stream.utils import keep_large_buffers
 
@@ -134,18 +134,24 @@ def receive_unvalidated(conn: Connection, nbytes: int, n_rows: int, n_messages: 
         sock.setsockopt(zmq.RCVTIMEO, int(TIMEOUT_S * 1000))
         conn.send(("td", sock.getsockopt_string(zmq.LAST_ENDPOINT), nbytes, n_rows, n_messages))
         sizes, times = [], []
+        key: bytes | None = None
+        nonces = ("", "")
         while len(sizes) < n_messages:
             identity, *frames = sock.recv_multipart(copy=False)
             header = parse_header(frames[0].buffer)
-            if header["kind"] == "hello":
-                sock.send_multipart([identity.bytes, encode_control(TOKEN, "credit", n=WINDOW)])
+            if header["kind"] == "hello":  # the session handshake, as the receiver runs it (no checks)
+                nonces = (header["nonce"], auth.nonce())
+                sock.send_multipart([identity.bytes, encode_control(None, "challenge", nonce=nonces[1])])
+            elif header["kind"] == "auth":
+                key = auth.session_key(TOKEN.encode(), header["worker_id"], *nonces)
+                sock.send_multipart([identity.bytes, encode_control(key, "credit", n=WINDOW)])
             if header["kind"] != "group":
                 continue
             rows = from_wire(
                 rebuild_consolidated(header["meta"], torch.frombuffer(frames[1].buffer, dtype=torch.uint8))
             )
             assert len(rows.tensordicts) == n_rows
-            sock.send_multipart([identity.bytes, encode_control(TOKEN, "credit", n=1)])
+            sock.send_multipart([identity.bytes, encode_control(key, "credit", n=1)])
             times.append(time.perf_counter())
             sizes.append(len(frames[0]) + len(frames[1]))
         conn.recv()

@@ -15,7 +15,7 @@ USAGE = """usage: spear-stream COMMAND [...]
 commands:
   train   --config FILE [--section.key VALUE ...]   RL training (evaluation before/after if eval.before_after)
           --resume RUN_DIR                           continue a run from its latest checkpoint
-  rollout --connect tcp://HOST:PORT --run-token T --config FILE [--worker-id N]
+  rollout --connect-file RUN/connect.json --config FILE [--worker-id N]
                                                      a rollout worker for a learner on another machine
   sft     --config FILE [--sft.out DIR ...]          supervised warm start on scripted expert demonstrations
   eval    --config FILE [--model.path DIR ...]       success rate on the environment's evaluation split

@@ -214,6 +214,9 @@ class TransportConfig:
     max_message_mb: float = spec(256.0, lo=0.0, lo_open=True)
     run_token: str = ""  # empty: a random token per run
     credits_per_worker: int = spec(4, lo=1)
+    # encrypt the worker links with ZeroMQ CURVE (for links beyond the loopback); workers read the learner's public
+    # key from run_dir/connect.json. Authentication is on either way (a challenge on the run token).
+    curve: bool = False
 
 
 @dataclass

@@ -10,6 +10,8 @@ by the replay and counted). ``sync``: exactly one batch of credits per published
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from typing import Any
 
@@ -20,8 +22,19 @@ from spear_stream.config import Config
 from spear_stream.launch import WorkerSupervisor
 from spear_stream.learner.sources import RolloutCounts
 from spear_stream.replay.fresh import FreshReplay
+from spear_stream.schema import SchemaError
 from spear_stream.transport.receiver import RolloutReceiver
 from spear_stream.weightsync.base import WeightAnnouncement, make_publisher
+
+_LOG = logging.getLogger(__name__)
+
+
+def write_private(path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600 from creation: never readable by others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
 
 
 def launch_servers(cfg: Config):
@@ -70,7 +83,13 @@ class StreamSource:
             from spear_stream.rollout.sglang import SGLangEngine
 
             SGLangEngine.connect(cfg.rollout.sglang_urls)
-        self.receiver = RolloutReceiver(cfg.transport, auto_credit=False, vocab_size=len(tokenizer))
+        self.receiver = RolloutReceiver(
+            cfg.transport,
+            auto_credit=False,
+            vocab_size=len(tokenizer),
+            max_len=cfg.rollout.max_seq_len,
+            max_rows=cfg.replay.capacity,
+        )
         self.publisher = make_publisher(
             cfg.sync.method,
             run_dir=run_dir,
@@ -89,15 +108,19 @@ class StreamSource:
             config_path=run_dir / "config.toml",
             log_dir=run_dir / "logs",
             heartbeat_timeout_s=max(30.0, cfg.sync.timeout_s),
+            curve_key=self.receiver.curve_public_key,
         )
-        (run_dir / "connect.json").write_text(
-            json.dumps({"address": self.receiver.address, "run_token": self.receiver.run_token})
-        )
+        write_private(
+            run_dir / "connect.json",
+            json.dumps({"address": self.receiver.address, "run_token": self.receiver.run_token,
+                        "curve_public_key": self.receiver.curve_public_key}),
+        )  # fmt: skip
         self.counts = RolloutCounts()
         self.sync_metrics: dict[str, float] = {}  # of the last publication (server update methods)
         self.announced: WeightAnnouncement | None = None
         self.last_state: dict[str, torch.Tensor] | None = None
         self.server_restarts = 0
+        self.refused_groups = 0
         # how long fill() waits for one batch before giving up (workers keep restarting meanwhile)
         self.batch_timeout_s = max(600.0, 10 * cfg.sync.timeout_s)
 
@@ -128,10 +151,10 @@ class StreamSource:
     ) -> None:
         deadline = time.monotonic() + self.batch_timeout_s
         while True:
+            self._pump(replay, 20)  # first: what a worker delivered is taken even if it has died since
             self._supervise()
             self._supervise_servers()
             self._grant(replay.num_groups, per_step, values)
-            self._pump(replay, 20)
             replay.drop_stale(current_version=version, max_staleness=values.max_staleness)
             if replay.num_groups >= need:
                 return
@@ -143,7 +166,15 @@ class StreamSource:
 
     def _pump(self, replay: FreshReplay, timeout_ms: int) -> None:
         for group in self.receiver.poll(timeout_ms):
-            replay.extend_group(group.rows)
+            try:
+                replay.extend_group(group.rows)
+            except (
+                SchemaError,
+                ValueError,
+            ) as exc:  # the receiver checks the replay's limits; this is the net
+                self.refused_groups += 1
+                _LOG.warning("replay refused group %s/%s: %s", group.worker_id, group.seq, exc)
+                continue
             self.counts.add(group.rows)
 
     def _grant(self, buffered: int, per_step: int, values: CurriculumValues) -> None:
@@ -201,6 +232,7 @@ class StreamSource:
         out["rollout/workers_alive"] = float(len(self.receiver.workers))
         out["rollout/worker_restarts"] = float(self.supervisor.restarts)
         out["rollout/server_restarts"] = float(self.server_restarts)
+        out["replay/refused_groups"] = float(self.refused_groups)
         return out | self.sync_metrics
 
     def state_dict(self) -> dict:

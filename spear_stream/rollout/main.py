@@ -2,7 +2,11 @@
 
 Started by the learner (``spear-stream train``) or by hand on another machine::
 
-    spear-stream rollout --connect tcp://LEARNER:PORT --run-token TOKEN --config run_dir/config.toml
+    spear-stream rollout --connect-file run_dir/connect.json --config run_dir/config.toml --worker-id N
+
+(``connect.json``, mode 0600, holds the learner's address, the run token and, with ``transport.curve``, its public
+key; or give ``--connect tcp://LEARNER:PORT`` with the token in the environment variable ``SPEAR_RUN_TOKEN``.
+The token is never a command-line argument: anyone on the machine can read those.)
 
 Every episode is its own asyncio task (``rollout/agent.py``); the engine is the in-process one (new weights are
 fetched here and swapped in between decode chunks) or SGLang servers (updated by the learner). The worker exits on a ``stop`` message, when its parent dies
@@ -14,12 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import random
 import signal
 import sys
 import time
+from pathlib import Path
 
 from envs import Task
 from spear_stream.config import Config, load_config
@@ -52,7 +58,13 @@ def die_with_parent() -> None:
 
 class WorkerProcess:
     def __init__(
-        self, cfg: Config, address: str, run_token: str, worker_id: int, incarnation: int = 0
+        self,
+        cfg: Config,
+        address: str,
+        run_token: str,
+        worker_id: int,
+        incarnation: int = 0,
+        curve_key: str | None = None,
     ) -> None:
         self.cfg = cfg
         # first, before libzmq's threads start: each group is consolidated into a fresh buffer (see the helper)
@@ -74,7 +86,11 @@ class WorkerProcess:
         )
         self.loop.groups_started = incarnation << 24  # a replacement worker never reuses group ids
         self.sender = RolloutSender(
-            address, worker_id=worker_id, run_token=run_token, send_timeout_s=cfg.sync.timeout_s
+            address,
+            worker_id=worker_id,
+            run_token=run_token,
+            send_timeout_s=cfg.sync.timeout_s,
+            server_public_key=curve_key,
         )
         # in-process engines fetch the weights the learner announces; servers are updated by the learner itself
         self.subscriber = (
@@ -167,14 +183,31 @@ def engine_stats(engine) -> dict[str, float]:
     return stats() if callable(stats) else {}
 
 
+TOKEN_ENV, CURVE_KEY_ENV = "SPEAR_RUN_TOKEN", "SPEAR_CURVE_KEY"
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="spear-stream rollout", description=__doc__)
-    parser.add_argument("--connect", required=True, help="learner address, tcp://HOST:PORT")
-    parser.add_argument("--run-token", required=True, help="the run's shared token (printed by the learner)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--connect-file", help="the run's connect.json (address, run token, CURVE key)")
+    where.add_argument("--connect", help=f"learner address, tcp://HOST:PORT (token in ${TOKEN_ENV})")
     parser.add_argument("--config", default=None, help="the run's config (run_dir/config.toml)")
     parser.add_argument("--worker-id", type=int, default=0)
     parser.add_argument("--incarnation", type=int, default=0, help="restart count (set by the supervisor)")
     return parser.parse_known_args(argv)
+
+
+def connection(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """(address, run token, CURVE public key or None) from --connect-file, or --connect and the environment."""
+    if args.connect_file:
+        info = json.loads(Path(args.connect_file).read_text())
+        return info["address"], info["run_token"], info.get("curve_public_key")
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise SystemExit(
+            f"spear-stream rollout: --connect needs the run token in ${TOKEN_ENV} (or --connect-file)"
+        )
+    return args.connect, token, os.environ.get(CURVE_KEY_ENV) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     logging.basicConfig(level=logging.WARNING, format=f"[worker {args.worker_id}] %(message)s")
     cfg = load_config(args.config, overrides)
-    proc = WorkerProcess(cfg, args.connect, args.run_token, args.worker_id, args.incarnation)
+    address, token, curve_key = connection(args)
+    proc = WorkerProcess(cfg, address, token, args.worker_id, args.incarnation, curve_key)
     started = time.time()
     try:
         asyncio.run(proc.run())

@@ -2,12 +2,14 @@
 
 Wire format of one group (worker -> learner), two frames:
 
-* frame 0: UTF-8 JSON header ``{"schema_version", "run_token", "worker_id", "seq", "kind": "group", "wire",
-  "n_rows", "policy_versions": [oldest, newest], "meta": <consolidated tensordict metadata>}``;
+* frame 0: UTF-8 JSON header ``{"schema_version", "worker_id", "seq", "kind": "group", "wire", "n_rows",
+  "policy_versions": [oldest, newest], "meta": <consolidated tensordict metadata>, "mac"}``;
 * frame 1: the raw ``uint8`` buffer of the group's consolidated TensorDict (below), sent zero-copy.
 
-Worker control messages (``hello`` / ``heartbeat`` / ``bye``) are the same header without the group keys, alone.
-Learner -> worker control is one JSON frame ``{"run_token", "kind": "credit" | "weights" | "stop", ...}``.
+Worker control messages (``hello`` / ``auth`` / ``heartbeat`` / ``bye``) are the same header without the group
+keys, alone. Learner -> worker control is one JSON frame ``{"kind": "challenge" | "credit" | "weights" | "stop",
+..., "mac"}``. The run token never travels: ``mac`` is the message's tag under the session key of the worker's
+authenticated session (``transport/auth.py``); ``hello`` and ``challenge`` open that session and carry nonces.
 
 Layout (``wire`` = :data:`WIRE_FORMAT`): a ``TensorDict`` of batch ``[n_rows]`` whose ``"tokens"`` entry is a lazy
 stack of the rows' four per-token fields (ragged rows round-trip bit-exactly) and whose other entries are the 20
@@ -23,7 +25,6 @@ metadata is untrusted input, so :func:`_check_meta` restricts its shape before t
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -39,22 +40,27 @@ from spear_stream.schema import (
     SchemaError,
     validate_row,
 )
+from spear_stream.transport import auth
 
 KIND_GROUP = "group"
 WIRE_FORMAT = 2  # 1: a lazy stack of whole rows; 2: token fields lazily stacked, scalar fields stacked
 _TOKENS = "tokens"  # the wire TensorDict's entry holding the lazy stack of per-token fields
+KIND_AUTH = "auth"
 CONTROL_FIELDS: dict[str, dict[str, type]] = {
+    "challenge": {"nonce": str},
     "credit": {"n": int},
     "weights": {"version": int, "location": str},
     "stop": {},
 }
 _HEADER_TYPES: dict[str, type] = {
     "schema_version": int,
-    "run_token": str,
     "worker_id": int,
     "seq": int,
     "kind": str,
 }
+MAX_HEADER_BYTES = (
+    4 << 20
+)  # a group's header (tensordict metadata) is a few kB; JSON beyond this is never parsed
 _GROUP_TYPES: dict[str, type] = {"wire": int, "n_rows": int, "policy_versions": list, "meta": dict}
 _TD_META_KEYS = {"cls", "non_tensors", "leaves", "cls_metadata"}
 _ALLOWED_DTYPES = {str(dtype) for dtype in ALL_FIELDS.values()}
@@ -86,10 +92,13 @@ def group_versions(rows: LazyStackedTensorDict) -> tuple[int, int]:
     return oldest, newest
 
 
-def worker_header(kind: str, *, run_token: str, worker_id: int, seq: int, **group: Any) -> dict[str, Any]:
-    """The header every worker -> learner message starts with (``group`` adds n_rows, policy_versions, meta)."""
-    header = {"schema_version": SCHEMA_VERSION, "run_token": run_token, "worker_id": worker_id, "seq": seq}
-    return {**header, "kind": kind, **group}
+def worker_header(kind: str, *, key: bytes | None, worker_id: int, seq: int, **fields: Any) -> dict[str, Any]:
+    """The header every worker -> learner message starts with (``fields``: a group's n_rows, meta ...; a hello's
+    nonce; an auth's proof), tagged under the session ``key`` once the session is open."""
+    header = {"schema_version": SCHEMA_VERSION, "worker_id": worker_id, "seq": seq, "kind": kind, **fields}
+    if key is not None:
+        header["mac"] = auth.tag(key, header)
+    return header
 
 
 _MAX_STATS = 32
@@ -109,22 +118,26 @@ def parse_stats(value: Any) -> dict[str, float]:
     return out
 
 
-def encode_control(run_token: str, kind: str, **fields: Any) -> bytes:
-    """A learner -> worker control frame."""
-    return json.dumps({"run_token": run_token, "kind": kind, **fields}).encode()
+def encode_control(key: bytes | None, kind: str, **fields: Any) -> bytes:
+    """A learner -> worker control frame, tagged under the session ``key`` (only a challenge goes untagged)."""
+    message = {"kind": kind, **fields}
+    if key is not None:
+        message["mac"] = auth.tag(key, message)
+    return json.dumps(message).encode()
 
 
-def parse_control(frame: bytes, run_token: bytes) -> dict[str, Any] | None:
-    """A control frame with a matching token (constant-time) and well-typed fields, else None."""
+def parse_control(frame: bytes, key: bytes | None) -> dict[str, Any] | None:
+    """A well-typed control frame with a valid tag under ``key`` (a challenge: no tag needed), else None."""
     try:
         message = json.loads(frame)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
-    token = message.get("run_token") if isinstance(message, dict) else None
-    if not isinstance(token, str) or not hmac.compare_digest(token.encode(), run_token):
+    if not isinstance(message, dict):
         return None
-    fields = CONTROL_FIELDS.get(message.get("kind"))
-    if fields is None or any(type(message.get(key)) is not tp for key, tp in fields.items()):
+    fields = CONTROL_FIELDS.get(message.get("kind"))  # type: ignore[arg-type]
+    if fields is None or any(type(message.get(k)) is not tp for k, tp in fields.items()):
+        return None
+    if message["kind"] != "challenge" and not auth.verify(key, message):
         return None
     return None if message["kind"] == "credit" and message["n"] <= 0 else message
 
@@ -150,14 +163,14 @@ def from_wire(wire: TensorDictBase) -> LazyStackedTensorDict:
 
 
 def encode_group(
-    rows: Sequence[TensorDictBase] | TensorDictBase, *, run_token: str, worker_id: int, seq: int
+    rows: Sequence[TensorDictBase] | TensorDictBase, *, key: bytes | None, worker_id: int, seq: int
 ) -> list[bytes | memoryview]:
     """Frames ``[header, buffer]`` for ``send_multipart(..., copy=False)``; the buffer is a view, not a copy."""
     stack = as_row_stack(rows)
     consolidated = to_wire(stack).consolidate(metadata=True)
     header = worker_header(
         KIND_GROUP,
-        run_token=run_token,
+        key=key,
         worker_id=worker_id,
         seq=seq,
         wire=WIRE_FORMAT,
@@ -173,11 +186,16 @@ def encode_group(
 
 
 def parse_header(frame: bytes | memoryview) -> dict[str, Any]:
-    """JSON header -> dict with the common keys type-checked (and the group keys when ``kind == "group"``)."""
+    """JSON header -> dict with the common keys type-checked (and the group keys when ``kind == "group"``).
+
+    Sizes are the caller's to bound before this parse (:data:`MAX_HEADER_BYTES`); deeply nested JSON is refused.
+    """
+    if len(frame) > MAX_HEADER_BYTES:
+        raise DecodeError("too_large", f"header of {len(frame)} bytes > {MAX_HEADER_BYTES}")
     try:
         header = json.loads(bytes(frame))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError("bad_header", f"header is not JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError("bad_header", f"header is not JSON ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise DecodeError("bad_header", f"header must be a JSON object, got {type(header).__name__}")
     types = {**_HEADER_TYPES, **(_GROUP_TYPES if header.get("kind") == KIND_GROUP else {})}
@@ -206,13 +224,23 @@ def rebuild_consolidated(meta: dict[str, Any], storage: torch.Tensor) -> TensorD
 
 
 def decode_group(
-    header: dict[str, Any], payload: Any, *, vocab_size: int | None = None
+    header: dict[str, Any],
+    payload: Any,
+    *,
+    vocab_size: int | None = None,
+    max_len: int | None = None,
+    max_rows: int | None = None,
 ) -> LazyStackedTensorDict:
     """Rebuild a group from its parsed header and buffer frame; every row is schema-validated.
+
+    ``max_len`` / ``max_rows``: the limits the replay and learner enforce (``rollout.max_seq_len``, the replay
+    capacity): a longer row or a larger group is refused here, not later inside the learner.
 
     ``payload`` is anything exposing the buffer protocol (a ``zmq.Frame``, ``memoryview``, ``bytes``). Rows are
     views into it: clone before writing in place. Raises :class:`DecodeError` for anything wrong.
     """
+    if max_rows is not None and header["n_rows"] > max_rows:
+        raise DecodeError("too_many_rows", f"{header['n_rows']} rows > {max_rows} (the replay's limit)")
     if header["wire"] != WIRE_FORMAT:  # a worker from another build of spear_stream
         raise DecodeError("wire_format", f"group wire format {header['wire']}, expected {WIRE_FORMAT}")
     view = memoryview(payload).cast("B")
@@ -233,6 +261,8 @@ def decode_group(
             row_oldest, row_newest = validate_row(row, vocab_size)
         except SchemaError as exc:
             raise DecodeError("bad_row", f"row {i}: {exc}") from None
+        if max_len is not None and int(row["length"]) > max_len:
+            raise DecodeError("row_too_long", f"row {i} has {int(row['length'])} tokens > {max_len}")
         if int(row["worker_id"]) != header["worker_id"]:
             raise DecodeError("header_mismatch", f"row {i} has worker_id {int(row['worker_id'])}")
         oldest.append(row_oldest)

@@ -12,13 +12,14 @@ from typing import Any
 import zmq
 from tensordict import TensorDictBase
 
-from spear_stream.transport.codec import encode_group, parse_control, worker_header
+from spear_stream.transport import auth
+from spear_stream.transport.codec import KIND_AUTH, encode_group, parse_control, worker_header
 from spear_stream.transport.common import (
-    HWM,
     KIND_BYE,
     KIND_HEARTBEAT,
     KIND_HELLO,
     WeightsAnnouncement,
+    queue_limit,
     worker_identity,
 )
 
@@ -38,10 +39,12 @@ class ChannelStopped(TransportError):
 
 
 class RolloutSender:
-    """Worker side: a DEALER that sends groups against credits and collects control messages.
+    """Worker side: a DEALER that opens an authenticated session, sends groups against credits and collects
+    control messages.
 
-    Call :meth:`poll` from the worker loop between generation chunks: it applies credits, weight announcements
-    and stop requests, and sends a heartbeat when the channel has been idle for ``heartbeat_s``.
+    Call :meth:`poll` from the worker loop: it answers the learner's challenge, applies credits, weight
+    announcements and stop requests, re-sends ``hello`` while no session is open, and sends a heartbeat when the
+    channel has been idle for ``heartbeat_s``.
     """
 
     def __init__(
@@ -53,10 +56,11 @@ class RolloutSender:
         start_seq: int = 0,
         heartbeat_s: float = 2.0,
         send_timeout_s: float = 60.0,
+        server_public_key: str | None = None,
         context: zmq.Context | None = None,
     ) -> None:
-        self.address, self.worker_id, self.run_token = address, worker_id, run_token
-        self._token = run_token.encode()
+        self.address, self.worker_id = address, worker_id
+        self._token = run_token.encode()  # proves the session; never sent
         self.seq = start_seq  # sequence number of the next group
         self.heartbeat_s, self.send_timeout_s = heartbeat_s, send_timeout_s
         self.credits = 0  # granted, not yet reserved
@@ -68,24 +72,46 @@ class RolloutSender:
             str, float
         ] = {}  # the worker's own counters, reported to the learner with heartbeats
         self._stats_sent: dict[str, float] = {}
+        self._key: bytes | None = None  # the session key, once the learner accepted our proof
+        self._nonce = auth.nonce()
         self._sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
         for option, value in (
             (zmq.ROUTING_ID, worker_identity(worker_id)),
-            (zmq.SNDHWM, HWM),
-            (zmq.RCVHWM, HWM),
+            (zmq.SNDHWM, queue_limit(64)),
+            (zmq.RCVHWM, queue_limit(64)),
             (zmq.SNDTIMEO, int(send_timeout_s * 1000)),
         ):
             self._sock.setsockopt(option, value)
+        if server_public_key:  # transport.curve: an encrypted link to the learner
+            public, secret = zmq.curve_keypair()
+            self._sock.curve_publickey, self._sock.curve_secretkey = public, secret
+            self._sock.curve_serverkey = server_public_key.encode()
         self._sock.connect(address)
         self._last_send = 0.0
         self._last_stats = 0.0
+        self._last_hello = 0.0
         self._unsent: deque[zmq.MessageTracker] = deque()  # trackers of groups libzmq may still be reading
-        self._send_control(KIND_HELLO)
+        self._hello()
+
+    @property
+    def authenticated(self) -> bool:
+        return self._key is not None
+
+    def _hello(self) -> None:
+        self._nonce = auth.nonce()
+        self._send_header(
+            worker_header(KIND_HELLO, key=None, worker_id=self.worker_id, seq=self.seq, nonce=self._nonce)
+        )
+        self._last_hello = time.monotonic()
 
     def poll(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
         """Apply the control messages that arrive within ``timeout_ms``; returns them."""
-        if time.monotonic() - self._last_send >= self.heartbeat_s or (
-            self.stats != self._stats_sent and time.monotonic() - self._last_stats >= self.heartbeat_s
+        now = time.monotonic()
+        if self._key is None:
+            if now - self._last_hello >= self.heartbeat_s:  # the learner may have restarted or missed it
+                self._hello()
+        elif now - self._last_send >= self.heartbeat_s or (
+            self.stats != self._stats_sent and now - self._last_stats >= self.heartbeat_s
         ):
             self._send_control(KIND_HEARTBEAT)
         messages: list[dict[str, Any]] = []
@@ -124,7 +150,7 @@ class RolloutSender:
         """Send a group (reserving a credit first if none is reserved); returns its sequence number."""
         if self.reserved == 0:
             self.reserve(timeout_s)
-        frames = encode_group(rows, run_token=self.run_token, worker_id=self.worker_id, seq=self.seq)
+        frames = encode_group(rows, key=self._key, worker_id=self.worker_id, seq=self.seq)
         self.reserved -= 1
         try:
             tracker = self._sock.send_multipart(frames, copy=False, track=True)
@@ -154,7 +180,7 @@ class RolloutSender:
         large buffer is still queued frees it under that thread (libzmq aborts with "Bad address"), so we wait
         on each group's tracker, and drop (linger 0) what could not be delivered.
         """
-        if bye:  # best effort: otherwise the receiver sees the worker go silent
+        if bye and self._key is not None:  # best effort: otherwise the receiver sees the worker go silent
             with contextlib.suppress(zmq.ZMQError):
                 self._send_control(KIND_BYE, flags=zmq.NOBLOCK)
         deadline = time.monotonic() + timeout_s
@@ -184,20 +210,29 @@ class RolloutSender:
         if kind == KIND_HEARTBEAT and self.stats:
             extra["stats"] = self._stats_sent = dict(self.stats)
             self._last_stats = time.monotonic()
-        header = worker_header(
-            kind, run_token=self.run_token, worker_id=self.worker_id, seq=self.seq, **extra
+        self._send_header(
+            worker_header(kind, key=self._key, worker_id=self.worker_id, seq=self.seq, **extra), flags
         )
+
+    def _send_header(self, header: dict[str, Any], flags: int = 0) -> None:
         self._sock.send(json.dumps(header).encode(), flags)
         self._last_send = time.monotonic()
 
     def _apply_control(self, frames: list[bytes]) -> dict[str, Any] | None:
-        message = parse_control(frames[0], self._token) if len(frames) == 1 else None
+        message = parse_control(frames[0], self._key) if len(frames) == 1 else None
         if message is None:
             self.counters["sender/rejected_control"] += 1
             return None
-        if message["kind"] == "credit":
+        kind = message["kind"]
+        if kind == "challenge":  # prove the run token; the session key is derived, never sent
+            proof = auth.proof(self._token, self.worker_id, self._nonce, message["nonce"])
+            self._key = auth.session_key(self._token, self.worker_id, self._nonce, message["nonce"])
+            self.credits = self.reserved = 0  # a new session: the learner voided the old credits
+            header = worker_header(KIND_AUTH, key=None, worker_id=self.worker_id, seq=self.seq, proof=proof)
+            self._send_header(header)
+        elif kind == "credit":
             self.credits += message["n"]
-        elif message["kind"] == "weights":
+        elif kind == "weights":
             self.latest_weights = WeightsAnnouncement(message["version"], message["location"])
         else:
             self.stop_requested = True

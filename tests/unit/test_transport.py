@@ -22,11 +22,12 @@ from spear_stream.transport import (
     ReceivedGroup,
     RolloutReceiver,
     RolloutSender,
+    auth,
     decode_group,
     encode_group,
     parse_header,
 )
-from spear_stream.transport.codec import rebuild_consolidated
+from spear_stream.transport.codec import parse_control, rebuild_consolidated, worker_header
 from spear_stream.transport.common import worker_identity
 
 TOKEN = "test-token"
@@ -75,7 +76,7 @@ def assert_rows_equal(got: list[TensorDict], expected: list[TensorDict]) -> None
 
 def test_codec_round_trip_ragged_bit_exact() -> None:
     rows = make_group([5, 17, 3, 64, 2], worker_id=4)
-    frames = encode_group(rows, run_token=TOKEN, worker_id=4, seq=9)
+    frames = encode_group(rows, key=None, worker_id=4, seq=9)
     header = parse_header(frames[0])
     assert header["n_rows"] == 5 and header["seq"] == 9 and header["kind"] == "group"
     assert header["policy_versions"] == [3, 4] and header["schema_version"] == SCHEMA_VERSION
@@ -86,7 +87,7 @@ def test_codec_round_trip_ragged_bit_exact() -> None:
 def test_codec_accepts_lazy_stack_and_dense_input() -> None:
     rows = make_group([6, 6, 6])
     for group in (lazy_stack(rows), torch.stack(rows)):
-        frames = encode_group(group, run_token=TOKEN, worker_id=0, seq=0)
+        frames = encode_group(group, key=None, worker_id=0, seq=0)
         decoded = decode_group(parse_header(frames[0]), frames[1])
         assert_rows_equal(list(decoded.tensordicts), rows)
 
@@ -124,7 +125,7 @@ def test_rebuild_consolidated_guard() -> None:
     ],
 )
 def test_decode_rejects_tampered_headers(tamper, reason: str) -> None:
-    frames = encode_group(make_group([4, 9]), run_token=TOKEN, worker_id=0, seq=0)
+    frames = encode_group(make_group([4, 9]), key=None, worker_id=0, seq=0)
     header = parse_header(frames[0])
     tamper(header)
     with pytest.raises(DecodeError) as err:
@@ -161,11 +162,20 @@ def pump(rx: RolloutReceiver, until, timeout_s: float = 10.0) -> list[ReceivedGr
     return groups
 
 
+def handshake(rx: RolloutReceiver, sender: RolloutSender, timeout_s: float = 10.0) -> None:
+    """Poll both ends until the sender's session is open (a worker polls all the time; a test must do it)."""
+    deadline = time.monotonic() + timeout_s
+    while sender.worker_id not in rx.workers or not sender.authenticated:
+        assert time.monotonic() < deadline, f"no session; counters {dict(rx.counters)}"
+        rx.poll(10)
+        sender.poll(10)
+
+
 def test_sender_and_receiver_exchange_groups(receiver: RolloutReceiver) -> None:
     assert receiver.address.startswith("tcp://127.0.0.1:")
     sender = RolloutSender(receiver.address, worker_id=3, run_token=TOKEN, send_timeout_s=10)
     try:
-        pump(receiver, lambda _: 3 in receiver.workers)
+        handshake(receiver, sender)
         sent = [make_group([5 + i, 9, 2 + 3 * i], worker_id=3, seed=i) for i in range(5)]
         got: list[ReceivedGroup] = []
         for group in sent:  # 5 groups through 2 credits: auto top-up refills as groups arrive
@@ -187,7 +197,7 @@ def test_credit_flow_control(receiver: RolloutReceiver) -> None:
     receiver.auto_credit = False
     sender = RolloutSender(receiver.address, worker_id=1, run_token=TOKEN, send_timeout_s=10)
     try:
-        pump(receiver, lambda _: 1 in receiver.workers)
+        handshake(receiver, sender)
         assert receiver.grant(1, 2)
         sender.send_group(make_group([4], worker_id=1), timeout_s=10)
         sender.send_group(make_group([4], worker_id=1), timeout_s=10)
@@ -198,36 +208,78 @@ def test_credit_flow_control(receiver: RolloutReceiver) -> None:
         assert receiver.grant(1, 1)
         sender.send_group(make_group([4], worker_id=1), timeout_s=10)
         assert pump(receiver, lambda g: len(g) == 1)[0].seq == 2
-        assert not receiver.grant(99, 1)  # unknown worker: unroutable, nothing granted
-        assert receiver.outstanding(99) == 0 and receiver.counters["transport/control_unroutable"] == 1
+        assert not receiver.grant(99, 1)  # no session: nothing is even sent, nothing granted
+        assert receiver.outstanding(99) == 0 and receiver.counters["transport/control_unroutable"] == 0
     finally:
         sender.close()
 
 
-def _header(worker_id: int, seq: int, kind: str = "hello", **extra) -> bytes:
-    body = {
-        "schema_version": SCHEMA_VERSION,
-        "run_token": TOKEN,
-        "worker_id": worker_id,
-        "seq": seq,
-        "kind": kind,
-    }
-    return json.dumps({**body, **extra}).encode()
+class RawWorker:
+    """A DEALER speaking the protocol by hand: it authenticates like a worker, then sends whatever a test wants."""
 
+    def __init__(self, receiver: RolloutReceiver, worker_id: int, token: str = TOKEN) -> None:
+        self.rx, self.worker_id, self.token = receiver, worker_id, token.encode()
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, worker_identity(worker_id))
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(receiver.address)
+        self.key: bytes | None = None
 
-def _group_frames(rows: list[TensorDict], seq: int, **override) -> list[bytes]:
-    header, payload = encode_group(rows, run_token=TOKEN, worker_id=7, seq=seq)
-    return [json.dumps({**json.loads(header), **override}).encode(), bytes(payload)]
+    def authenticate(self, seq: int = 0) -> None:
+        nonce = auth.nonce()
+        self.sock.send(
+            json.dumps(
+                worker_header("hello", key=None, worker_id=self.worker_id, seq=seq, nonce=nonce)
+            ).encode()
+        )
+        challenge = self.recv("challenge")
+        proof = auth.proof(self.token, self.worker_id, nonce, challenge["nonce"])
+        self.key = auth.session_key(self.token, self.worker_id, nonce, challenge["nonce"])
+        self.sock.send(
+            json.dumps(
+                worker_header("auth", key=None, worker_id=self.worker_id, seq=seq, proof=proof)
+            ).encode()
+        )
+        pump(self.rx, lambda _: self.worker_id in self.rx.workers)
+
+    def recv(self, kind: str, timeout_s: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.rx.poll(10)
+            if self.sock.poll(10):
+                message = parse_control(self.sock.recv(), self.key)
+                if message is not None and message["kind"] == kind:
+                    return message
+        raise AssertionError(f"no {kind} message")
+
+    def header(self, seq: int, kind: str = "heartbeat", sign: bool = True, **extra) -> bytes:
+        fields = {
+            "schema_version": SCHEMA_VERSION,
+            "worker_id": self.worker_id,
+            "seq": seq,
+            "kind": kind,
+            **extra,
+        }
+        if sign:
+            fields["mac"] = auth.tag(self.key, fields)
+        return json.dumps(fields).encode()
+
+    def group(self, rows: list[TensorDict], seq: int, **override) -> list[bytes]:
+        header, payload = encode_group(rows, key=None, worker_id=self.worker_id, seq=seq)
+        fields = {**json.loads(header), **override}
+        fields.pop("mac", None)
+        fields["mac"] = auth.tag(self.key, fields)
+        return [json.dumps(fields).encode(), bytes(payload)]
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
 
 
 def test_bad_messages_are_rejected_and_counted(receiver: RolloutReceiver) -> None:
     receiver.vocab_size = 1000
-    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw = RawWorker(receiver, 7)
     try:
-        raw.setsockopt(zmq.ROUTING_ID, worker_identity(7))
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.connect(receiver.address)
-        raw.send(_header(7, 0))  # hello: credits are topped up after every group, so 2 always suffice
+        raw.authenticate()  # credits are topped up after every group, so 2 always suffice
         wrong_dtype = make_group([6], worker_id=7)
         wrong_dtype[0]["tokens"] = wrong_dtype[0]["tokens"].to(torch.int32)
         out_of_vocab = make_group([6], worker_id=7)
@@ -237,42 +289,42 @@ def test_bad_messages_are_rejected_and_counted(receiver: RolloutReceiver) -> Non
         bad = {
             "bad_header": [b"\x00\xffgarbage"],
             "bad_frames": [b"a", b"b", b"c"],
-            "bad_token": [_header(7, 0, run_token="nope")],
-            "too_large": [_header(7, 0), b"\x00" * 80_000],
-            "schema_version": [_header(7, 0, schema_version=SCHEMA_VERSION + 1)],
-            "worker_mismatch": [_header(8, 0)],
-            "bad_kind": [_header(7, 0, kind="party")],
+            "bad_mac": [raw.header(0, sign=False)],
+            "too_large": [raw.header(0), b"\x00" * 80_000],
+            "schema_version": [raw.header(0, schema_version=SCHEMA_VERSION + 1)],
+            "worker_mismatch": [raw.header(0, worker_id=8)],
+            "bad_kind": [raw.header(0, kind="party")],
         }
         for frames in bad.values():
-            raw.send_multipart(frames)
-        rows_bad = {"bad_row": [wrong_dtype, out_of_vocab, positive_logp]}
-        for seq, rows in enumerate(rows_bad["bad_row"]):
-            raw.send_multipart(_group_frames(rows, seq))
-        raw.send_multipart(_group_frames(make_group([5], worker_id=7), 2))  # duplicate_seq
+            raw.sock.send_multipart(frames)
+        for seq, rows in enumerate([wrong_dtype, out_of_vocab, positive_logp]):
+            raw.sock.send_multipart(raw.group(rows, seq))
         good = make_group([5, 8], worker_id=7)
-        raw.send_multipart(_group_frames(good, 3))
+        raw.sock.send_multipart(raw.group(good, 0))  # rejected groups did not advance the sequence
+        raw.sock.send_multipart(raw.group(make_group([5], worker_id=7), 0))  # duplicate_seq
         groups = pump(receiver, lambda g: len(g) == 1)
         assert_rows_equal(list(groups[0].rows.tensordicts), good)
+        pump(receiver, lambda _: receiver.counters["transport/rejected/duplicate_seq"] == 1)
         counts = {reason: receiver.counters[f"transport/rejected/{reason}"] for reason in bad}
         assert counts == dict.fromkeys(bad, 1)
         assert receiver.counters["transport/rejected/bad_row"] == 3
-        assert receiver.counters["transport/rejected/duplicate_seq"] == 1
         assert receiver.counters["transport/rejected"] == len(bad) + 4
         assert receiver.counters["transport/accepted_groups"] == 1
+        assert receiver.counters["transport/rejected/internal"] == 0
         # a group beyond the credits granted is refused
         receiver.auto_credit = False
-        for seq in range(4, 4 + receiver.outstanding(7) + 1):
-            raw.send_multipart(_group_frames(make_group([5], worker_id=7), seq))
+        for seq in range(1, 1 + receiver.outstanding(7) + 1):
+            raw.sock.send_multipart(raw.group(make_group([5], worker_id=7), seq))
         pump(receiver, lambda _: receiver.counters["transport/rejected/no_credit"] == 1)
     finally:
-        raw.close(linger=0)
+        raw.close()
 
 
 def test_control_messages_and_state(receiver: RolloutReceiver) -> None:
     receiver.announce_weights(2, "/runs/x/weights/v2")  # no worker yet: remembered for hello
     sender = RolloutSender(receiver.address, worker_id=5, run_token=TOKEN, start_seq=10, send_timeout_s=10)
     try:
-        pump(receiver, lambda _: 5 in receiver.workers)
+        handshake(receiver, sender)
         deadline = time.monotonic() + 10
         while sender.latest_weights is None or sender.credits < 2:
             assert time.monotonic() < deadline
@@ -312,6 +364,7 @@ rows = [make_row(tokens=torch.zeros(n, dtype=torch.int64), loss_mask=torch.arang
                  behavior_logp=torch.zeros(n), token_version=torch.where(torch.arange(n) >= 1, 0, -1).int(),
                  prompt_length=1, worker_id=2) for _ in range(2)]
 with RolloutSender(sys.argv[1], worker_id=2, run_token=sys.argv[2], send_timeout_s=60) as sender:
+    sender.reserve(60)
     sender.send_group(rows)
 """
 
