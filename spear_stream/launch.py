@@ -73,7 +73,15 @@ class WorkerSupervisor:
         }
         if self.curve_key:
             env["SPEAR_CURVE_KEY"] = self.curve_key
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        # own session: a terminal's Ctrl-C reaches the learner, which stops its workers itself (after its checkpoint)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         return _Child(worker_id, proc, incarnation)
 
@@ -143,13 +151,18 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def run_torchrun(world_size: int, argv: list[str]) -> int:
-    """Re-launch ``spear-stream train argv`` as ``world_size`` ranks; forward Ctrl-C/SIGTERM; return its code."""
+def run_torchrun(world_size: int, argv: list[str], stop_timeout_s: int = 300) -> int:
+    """Re-launch ``spear-stream train argv`` as ``world_size`` ranks; forward Ctrl-C/SIGTERM; return its code.
+
+    A signal goes to torchrun alone, which passes it to every rank once and gives them ``stop_timeout_s`` to save
+    their stop checkpoint before it kills them (``learner/stop.py``).
+    """
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={world_size}",
+        f"--shutdown-timeout={stop_timeout_s}",
         "--master_addr=127.0.0.1",
         f"--master_port={free_port()}",
         "-m",
@@ -162,7 +175,7 @@ def run_torchrun(world_size: int, argv: list[str]) -> int:
 
     def forward(signum, _frame):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
+            os.kill(proc.pid, signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -13,15 +13,38 @@ from typing import Any
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:
+    """Appends a line per step. ``resume_step``: the run continues from that step's checkpoint, so lines of later
+    steps (logged before a crash or a stop) are dropped first: each step appears once, as it was finally trained.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, tensorboard: bool = False, resume_step: int | None = None
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
         self._file = self.path.open("a", buffering=1)  # line-buffered: readers see whole lines
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # lazy: heavy import
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            # purge_step: TensorBoard hides its own events of the steps being redone
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
+
+    def _truncate_after(self, step: int) -> None:
+        """Rewrite the file (atomically) without lines of steps after ``step`` or half-written lines."""
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         clean = {k: (float(v) if isinstance(v, int | float) else v) for k, v in metrics.items()}

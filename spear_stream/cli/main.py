@@ -7,6 +7,7 @@ Errors the user can fix (bad config, missing model directory) print one clear li
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -94,21 +95,25 @@ def cmd_train(argv: list[str]) -> int:
 
     if cfg.learner.world_size > 1 and not under_torchrun():
         return run_torchrun(
-            cfg.learner.world_size, argv if resume_dir is None else [*argv, "--resume", resume_dir]
+            cfg.learner.world_size,
+            argv if resume_dir is None else [*argv, "--resume", resume_dir],
+            cfg.checkpoint.stop_timeout_s,
         )
     from spear_stream.learner.trainer import Trainer
 
     trainer = Trainer(cfg, resume=resume_dir is not None)
     results = trainer.fit()
     run_dir = trainer.run_dir
+    # a stopped run (checkpoint saved) exits as a signalled process would: 130 for Ctrl-C, 143 for SIGTERM
+    code = (trainer.stop.exit_code or 128 + signal.SIGTERM) if trainer.stopping else 0
     if not trainer.is_main:
-        _exit_now(0)
+        _exit_now(code)
     if results:
         (run_dir / "eval.txt").write_text(eval_table(results))
     print(f"run directory: {run_dir}")
     if under_torchrun():
-        _exit_now(0)
-    return 0
+        _exit_now(code)
+    return code
 
 
 def _exit_now(code: int) -> None:

@@ -227,8 +227,11 @@ class ReplayConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = spec(0, lo=0, help="learner steps between checkpoints (0 = only at the end)")
+    every: int = spec(0, lo=0, help="learner steps between checkpoints (0 = only at the end and on a stop)")
     keep_last: int = spec(0, lo=0, help="keep only the newest N checkpoints (0 = keep every one)")
+    stop_timeout_s: int = spec(
+        300, lo=1, help="on SIGTERM/Ctrl-C under torchrun: seconds ranks get to save the stop checkpoint"
+    )
 
 
 @dataclass

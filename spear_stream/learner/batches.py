@@ -14,6 +14,7 @@ Order of one step (``docs/algorithm.md`` sections 3, 6 and 7):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,9 +82,15 @@ class BatchAssembler:
         return max(1, per_step - round(share * per_step))
 
     def next_fresh(
-        self, source: RolloutSource, version: int, values: CurriculumValues, groups_left: int | None = None
-    ) -> list[TensorDictBase]:
-        """The rows of the step's fresh groups (:meth:`fresh_groups_for_step`), once the source delivered them.
+        self,
+        source: RolloutSource,
+        version: int,
+        values: CurriculumValues,
+        groups_left: int | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[TensorDictBase] | None:
+        """The rows of the step's fresh groups (:meth:`fresh_groups_for_step`), once the source delivered them;
+        None if ``should_stop`` turned true first (nothing is taken from the replay then).
 
         ``groups_left``: what remains of a ``learner.max_groups`` budget; the last step takes only that.
         """
@@ -91,7 +98,9 @@ class BatchAssembler:
         self.sil_share_groups = self.cfg.env.groups_per_step - per_step
         need = per_step if groups_left is None else max(1, min(per_step, groups_left))
         self.fresh_groups_in_batch = need
-        source.fill(self.fresh, need, version, values, per_step)
+        source.fill(self.fresh, need, version, values, per_step, should_stop=should_stop)
+        if self.fresh.num_groups < need:
+            return None
         groups = self.fresh.sample_groups(need, current_version=version, max_staleness=values.max_staleness)
         return [row for g in groups for row in g.unbind(0)]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,9 +38,17 @@ class RolloutSource(Protocol):
         """Begin producing groups with the weights of ``version`` (the model's at start or resume)."""
 
     def fill(
-        self, replay: FreshReplay, need: int, version: int, values: CurriculumValues, per_step: int
+        self,
+        replay: FreshReplay,
+        need: int,
+        version: int,
+        values: CurriculumValues,
+        per_step: int,
+        *,
+        should_stop: Callable[[], bool],
     ) -> None:
-        """Return once ``replay`` holds at least ``need`` groups no older than ``values.max_staleness``.
+        """Return once ``replay`` holds at least ``need`` groups no older than ``values.max_staleness``, or
+        earlier once ``should_stop()`` is true (the run is stopping; what arrived stays in the replay).
 
         ``per_step`` is what the learner takes per step, for sources that bound in-flight work by it.
         """
@@ -127,8 +136,16 @@ class InProcessSource:
         self.counts.restart()
 
     def fill(
-        self, replay: FreshReplay, need: int, version: int, values: CurriculumValues, per_step: int
+        self,
+        replay: FreshReplay,
+        need: int,
+        version: int,
+        values: CurriculumValues,
+        per_step: int,
+        *,
+        should_stop: Callable[[], bool],
     ) -> None:
+        """Generates the missing groups (a stop waits for them: they take seconds, and are then kept)."""
         replay.drop_stale(current_version=version, max_staleness=values.max_staleness)
         missing = need - replay.num_groups
         if missing <= 0:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -147,10 +148,17 @@ class StreamSource:
 
     # ------------------------------------------------------------------ data
     def fill(
-        self, replay: FreshReplay, need: int, version: int, values: CurriculumValues, per_step: int
+        self,
+        replay: FreshReplay,
+        need: int,
+        version: int,
+        values: CurriculumValues,
+        per_step: int,
+        *,
+        should_stop: Callable[[], bool],
     ) -> None:
         deadline = time.monotonic() + self.batch_timeout_s
-        while True:
+        while not should_stop():
             self._pump(replay, 20)  # first: what a worker delivered is taken even if it has died since
             self._supervise()
             self._supervise_servers()

@@ -164,8 +164,8 @@ class ScriptedSource:
     def __init__(self) -> None:
         self.next_group = 0
 
-    def fill(self, replay, need, version, values, per_step) -> None:
-        while replay.num_groups < need:
+    def fill(self, replay, need, version, values, per_step, *, should_stop) -> None:
+        while replay.num_groups < need and not should_stop():
             g = self.next_group
             replay.extend_group(
                 [row([1], group_id=g, traj_id=2 * g), row([1], group_id=g, traj_id=2 * g + 1)]
@@ -180,6 +180,14 @@ def test_next_fresh_takes_the_step_share_and_cuts_the_last_step_to_the_budget() 
     assert [int(r["group_id"]) for r in rows] == [0, 0, 1, 1, 2, 2] and a.fresh_groups_in_batch == 3
     rows = a.next_fresh(source, version=1, values=values(), groups_left=1)  # max_groups budget: 1 group left
     assert [int(r["group_id"]) for r in rows] == [3, 3] and a.fresh_groups_in_batch == 1
+
+
+def test_a_stop_while_waiting_takes_nothing_from_the_replay() -> None:
+    a = assembler("--sil.enabled", "false", "--env.groups_per_step", "3", "--env.group_size", "2")
+    source = ScriptedSource()
+    source.fill(a.fresh, 2, 0, values(), 3, should_stop=lambda: False)  # 2 of the 3 groups have arrived
+    assert a.next_fresh(source, version=0, values=values(), should_stop=lambda: True) is None
+    assert a.fresh.num_groups == 2  # kept for the stop checkpoint
 
 
 def test_credits_bound_what_is_in_flight() -> None:
