@@ -60,6 +60,12 @@ class MathCodeParams:
     cpu_s: int = spec(10, lo=1)
     memory_mb: int = spec(1024, lo=64)
     max_processes: int = spec(8, lo=1)
+    max_concurrent_calls: int = spec(
+        0, lo=0, help="sandbox calls at once on the host (0 = sized to its memory)"
+    )
+    host_memory_fraction: float = spec(
+        0.5, lo=0.0, hi=1.0, lo_open=True, help="host memory sandbox calls may use"
+    )
     max_output_bytes: int = spec(4096, lo=64, help="stdout and stderr each, per call")
     preamble: str = DEFAULT_PREAMBLE
     packages: list[str] = field(default_factory=list)  # e.g. ["numpy", "sympy", "mpmath"]
@@ -99,6 +105,8 @@ class MathCodeEnv(Env):
             cpu_s=p.cpu_s,
             memory_mb=p.memory_mb,
             max_processes=p.max_processes,
+            max_concurrent_calls=p.max_concurrent_calls,
+            host_memory_fraction=p.host_memory_fraction,
             max_output_bytes=p.max_output_bytes,
             preamble=p.preamble,
             packages=tuple(p.packages),

@@ -27,9 +27,12 @@ essential ``util-linux`` package; no bubblewrap):
 
 ``isolation="auto"`` (default) uses namespaces when a probe succeeds, else warns once and runs with rlimits,
 the uid switch (if root) and process-group kills only (``"none"``): weaker, e.g. the filesystem and network
-are then reachable. ``"namespaces"`` refuses to run without them. Memory is bounded per process (RLIMIT_AS),
-so the worst case for one call is ``max_processes * memory_mb``. In mode ``"none"`` the sandbox uid must be
+are then reachable. ``"namespaces"`` refuses to run without them. In mode ``"none"`` the sandbox uid must be
 able to read the interpreter (not the case for a Python installed under root's mode-700 home).
+
+Memory: ``memory_mb`` bounds each process (RLIMIT_AS) and the call as a whole (its processes' resident memory,
+summed by a watchdog), and a host-wide semaphore bounds how many calls run at once, by default as many as fit in
+half the host's memory (``envs/tools/sandbox_budget.py``). A call waits for a slot before its clock starts.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from envs.tools.sandbox_budget import WATCH_S, HostSlots, call_rss_mb, default_slots
 
 INIT_SCRIPT = str(Path(__file__).with_name("sandbox_init.py"))
 RUNNER_SCRIPT = str(Path(__file__).with_name("sandbox_runner.py"))
@@ -78,7 +83,7 @@ class SandboxUnavailable(RuntimeError):
 class SandboxLimits:
     timeout_s: float = 10.0  # wall clock per call (plus _SETUP_GRACE_S for start-up)
     cpu_s: int = 10  # RLIMIT_CPU per process; SIGXCPU, then SIGKILL one second later
-    memory_mb: int = 1024  # RLIMIT_AS per process (SandboxFusion: memory_limit_mb 1024)
+    memory_mb: int = 1024  # RLIMIT_AS per process and resident memory per call (SandboxFusion: 1024)
     max_file_mb: int = 16  # RLIMIT_FSIZE
     workdir_mb: int = 64  # size of the tmpfs working directory
     max_processes: int = 8  # RLIMIT_NPROC: processes and threads of the sandbox uid
@@ -90,6 +95,9 @@ class SandboxLimits:
     isolation: Literal["auto", "namespaces", "none"] = "auto"
     uid: int = -1  # host root only: -1 = a fresh unnamed uid per call; else this uid (65534 = nobody)
     gid: int = NOGROUP_GID
+    max_concurrent_calls: int = 0  # host-wide, across processes; 0 = as many as host_memory_fraction holds
+    host_memory_fraction: float = 0.5  # of the host's memory (or cgroup limit) that sandbox calls may take
+    slot_wait_s: float = 600.0  # longest wait for a free slot before the call fails ("sandbox busy")
 
 
 @dataclass(frozen=True)
@@ -137,18 +145,27 @@ def namespaces_available() -> bool:
 def run_python(code: str, *, limits: SandboxLimits | None = None) -> SandboxResult:
     """Run ``code`` (a ```python fence is stripped) in a fresh sandboxed interpreter; never raises on bad code."""
     limits = limits or SandboxLimits()
-    start = time.monotonic()
     isolate = _choose_isolation(limits.isolation)
     code = strip_code_fence(code).encode("utf-8", "replace").decode("utf-8")
     if len(code.encode()) > limits.max_code_bytes:
         message = f"code is longer than {limits.max_code_bytes} bytes"
         return SandboxResult(False, "", "", message, False, None, 0.0, isolation=_mode_name(isolate))
+    n_slots = limits.max_concurrent_calls or default_slots(limits.memory_mb, limits.host_memory_fraction)
+    slots = HostSlots(n_slots, limits.slot_wait_s)
+    try:
+        slots.acquire()
+    except TimeoutError as exc:
+        return SandboxResult(
+            False, "", "", f"sandbox busy: {exc}", False, None, 0.0, isolation=_mode_name(isolate)
+        )
+    start = time.monotonic()  # waiting for a slot is not the call's time
     host_dir = tempfile.mkdtemp(prefix="spear-sandbox-")
     try:
         spec, command = _launch_plan(code, limits, isolate, host_dir)
         return _execute(command, spec, limits, start, isolate)
     finally:
         shutil.rmtree(host_dir, ignore_errors=True)
+        slots.release()
 
 
 # ------------------------------------------------------------------------------------------------ internals
@@ -313,7 +330,7 @@ def _execute(
     caps = {proc.stdout.fileno(): limits.max_output_bytes, proc.stderr.fileno(): limits.max_output_bytes}
     caps[status_read] = 1 << 16
     deadline = start + limits.timeout_s + _SETUP_GRACE_S
-    timed_out = flooded = truncated = False
+    timed_out = flooded = over_memory = truncated = False
     killed_at: float | None = None
     total = 0
     with selectors.DefaultSelector() as selector:
@@ -321,14 +338,16 @@ def _execute(
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
             now = time.monotonic()
-            if killed_at is None and (now >= deadline or flooded):
-                timed_out = not flooded
+            if killed_at is None:
+                over_memory = call_rss_mb(proc.pid) > limits.memory_mb  # the call's processes together
+            if killed_at is None and (now >= deadline or flooded or over_memory):
+                timed_out = not (flooded or over_memory)
                 _kill(proc, isolate)
                 killed_at = now
             if killed_at is not None and now - killed_at > _REAP_TIMEOUT_S:
                 break
             # After the kill, keep draining until EOF: the pipes close only when every holder is dead.
-            wait = deadline - now if killed_at is None else killed_at + _REAP_TIMEOUT_S - now
+            wait = min(deadline - now, WATCH_S) if killed_at is None else killed_at + _REAP_TIMEOUT_S - now
             for key, _ in selector.select(max(wait, 0.01)):
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
@@ -351,7 +370,8 @@ def _execute(
     stdout, stderr = (bytes(buf).decode("utf-8", "replace") for buf in outputs.values())
     if truncated:
         stdout, stderr = (_mark_truncated(text, limits.max_output_bytes) for text in (stdout, stderr))
-    return _result(status, stdout, stderr, timed_out, flooded, truncated, limits, start, isolate)
+    killed_for = "flood" if flooded else "memory" if over_memory else None
+    return _result(status, stdout, stderr, timed_out, killed_for, truncated, limits, start, isolate)
 
 
 def _kill(proc: subprocess.Popen, isolate: bool) -> None:
@@ -405,7 +425,7 @@ def _result(
     stdout: str,
     stderr: str,
     timed_out: bool,
-    flooded: bool,
+    killed_for: str | None,
     truncated: bool,
     limits: SandboxLimits,
     start: float,
@@ -417,8 +437,12 @@ def _result(
     error: str | None = None
     if "setup_error" in status:
         error = f"sandbox setup failed: {status['setup_error']}"
-    elif flooded:
+    elif killed_for == "flood":
         error = f"OutputLimitExceeded: more than {_DRAIN_CAP_BYTES} bytes of output; the process was killed"
+    elif killed_for == "memory":
+        error = (
+            f"MemoryError: the call's processes together used more than {limits.memory_mb} MB and were killed"
+        )
     elif timed_out:
         error = f"TimeoutError: execution exceeded the time limit of {limits.timeout_s:g} s and was killed"
     elif "signal" in status:

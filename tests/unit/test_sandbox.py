@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import itertools
 import os
 import random
 import socket
@@ -314,3 +315,89 @@ def test_namespaces_mode_refuses_without_namespaces(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
     with pytest.raises(SandboxUnavailable):
         run_python("print(1)", limits=SandboxLimits(isolation="namespaces"))
+
+
+# ---------------------------------------------------------------------------------------- memory, together
+
+
+@pytest.fixture
+def private_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The host-wide slot files of these tests live in a fresh directory (no other test shares them)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def _mem_available_mb() -> float:
+    line = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemAvailable:"))
+    return int(line.split()[1]) / 1024
+
+
+@needs_namespaces
+def test_forked_processes_share_one_memory_bound(limits: SandboxLimits, private_slots: Path) -> None:
+    """Seven forks and their parent each touch 300 MB (2.4 GB together, each within RLIMIT_AS): the call as a
+    whole is held to memory_mb, and the host's free memory never drops by much more than that."""
+    bomb = """
+import os, time
+for _ in range(7):
+    if os.fork() == 0:
+        break
+block = b"x" * (300 << 20)  # touched, not merely reserved
+time.sleep(5)
+"""
+    lowest, done = [_mem_available_mb()], False
+    baseline = lowest[0]
+
+    def sample() -> None:
+        while not done:
+            lowest.append(_mem_available_mb())
+            time.sleep(0.005)
+
+    with ThreadPoolExecutor(1) as pool:
+        sampler = pool.submit(sample)
+        result = run_python(bomb, limits=_with(limits, memory_mb=512, timeout_s=20))
+        done = True
+        sampler.result()
+    assert not result.ok and "together used more than 512 MB" in (result.error or ""), result
+    assert result.wall_s < 5  # killed by the watchdog, not by the 20 s timeout
+    assert baseline - min(lowest) < 512 + 700  # the bound plus what one polling interval lets through
+
+
+@needs_namespaces
+def test_a_host_wide_slot_limit_serialises_calls(limits: SandboxLimits, private_slots: Path) -> None:
+    code = "import time\nstart = time.time()\ntime.sleep(0.4)\nprint(start, time.time())"
+    one_at_a_time = _with(limits, max_concurrent_calls=1)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: run_python(code, limits=one_at_a_time), range(3)))
+    spans = sorted(tuple(map(float, r.stdout.split())) for r in results)
+    assert all(r.ok for r in results)
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+def test_a_slot_held_by_another_process_makes_calls_wait_and_frees_when_it_dies(private_slots: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from envs.tools.sandbox_budget import HostSlots\n"
+         f"s = HostSlots(1, 5, {str(private_slots)!r}); s.acquire(); print('held', flush=True)\n"
+         "import time; time.sleep(60)"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        busy = run_python("print(1)", limits=SandboxLimits(max_concurrent_calls=1, slot_wait_s=0.3))
+        assert not busy.ok and (busy.error or "").startswith("sandbox busy")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert run_python("print(1)", limits=SandboxLimits(max_concurrent_calls=1, slot_wait_s=5)).stdout == "1\n"
+
+
+def test_the_default_slot_count_fits_the_host_memory() -> None:
+    from envs.tools.sandbox_budget import default_slots, host_memory_mb
+
+    assert default_slots(1024, 0.5) == max(1, int(host_memory_mb() * 0.5 // 1024))
+    assert default_slots(10**9, 0.5) == 1  # a bound larger than the host still runs one call at a time
