@@ -103,7 +103,7 @@ def test_prints_and_returns(limits: SandboxLimits) -> None:
     result = run_python("print(sum(i * i for i in range(10)))\nprint(math.factorial(5))", limits=limits)
     assert result.ok and result.returncode == 0 and result.error is None and not result.timed_out
     assert result.stdout == "285\n120\n" and result.text == result.stdout
-    assert result.isolation == "namespaces" and result.wall_s < 5
+    assert result.isolation == "namespaces" and result.wall_s < 20  # (a generous bound: a loaded host)
 
 
 @needs_namespaces
@@ -165,7 +165,7 @@ import subprocess
 started = 0
 for _ in range(50):
     try:
-        subprocess.Popen(["sleep", "30"])
+        subprocess.Popen(["sleep", "120"])
     except OSError:
         break
     started += 1
@@ -174,7 +174,7 @@ print(started)
     result = run_python(code, limits=_with(limits, max_processes=6))
     assert result.ok
     assert 0 < int(result.stdout) < 6  # the interpreter itself is one of the six
-    assert result.wall_s < 5  # the sleepers died with the call; nobody waited for them
+    assert result.wall_s < 20  # the sleepers (120 s) died with the call; nobody waited for them
 
 
 @needs_namespaces
@@ -256,9 +256,9 @@ def test_memory_bomb_fails(limits: SandboxLimits) -> None:
 
 @needs_namespaces
 def test_cpu_loop_is_killed(limits: SandboxLimits) -> None:
-    result = run_python("while True:\n    pass", limits=_with(limits, cpu_s=1, timeout_s=20))
+    result = run_python("while True:\n    pass", limits=_with(limits, cpu_s=1, timeout_s=60))
     assert result.timed_out and not result.ok and "CPU time limit" in (result.error or "")
-    assert result.wall_s < 15
+    assert result.wall_s < 40  # the CPU limit fired, not the 60 s wall clock
 
 
 @needs_namespaces
@@ -267,7 +267,7 @@ def test_wall_clock_timeout_keeps_partial_output(limits: SandboxLimits) -> None:
     result = run_python(code, limits=_with(limits, timeout_s=1))
     assert result.timed_out and not result.ok and result.returncode is None
     assert result.stdout == "started\n" and "TimeoutError" in result.text
-    assert result.wall_s < 5
+    assert result.wall_s < 20  # not the 60 s sleep
 
 
 @needs_namespaces
@@ -275,7 +275,7 @@ def test_grandchild_does_not_survive(limits: SandboxLimits) -> None:
     """A detached (setsid) sleeping grandchild dies with the call, both on normal exit and on timeout."""
     spawn = "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)\nprint('spawned')"
     result = run_python(spawn, limits=limits)
-    assert result.ok and result.stdout == "spawned\n" and result.wall_s < 5
+    assert result.ok and result.stdout == "spawned\n" and result.wall_s < 20  # not the 600 s sleep
     daemon = """
 import os, time
 if os.fork() == 0:
@@ -286,7 +286,7 @@ if os.fork() == 0:
 time.sleep(600)
 """
     late = run_python(daemon, limits=_with(limits, timeout_s=1))
-    assert late.timed_out and late.wall_s < 5
+    assert late.timed_out and late.wall_s < 20
     # the fixture then asserts that no process of the sandbox uid exists anywhere on the host
 
 
@@ -300,12 +300,12 @@ for _ in range(8):
         os.fork()
     except OSError:
         pass
-time.sleep(30)
+time.sleep(120)
 """
     started = time.monotonic()
     result = run_python(bomb, limits=_with(limits, max_processes=8, timeout_s=2))
     assert result.timed_out and not result.ok
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # the 120 s sleeps were killed with the call
     assert os.getpid() > 0 and run_python("print('still fine')", limits=limits).stdout == "still fine\n"
 
 
@@ -344,7 +344,7 @@ for _ in range(7):
     if os.fork() == 0:
         break
 block = b"x" * (300 << 20)  # touched, not merely reserved
-time.sleep(5)
+time.sleep(60)
 """
     lowest, done = [_mem_available_mb()], False
     baseline = lowest[0]
@@ -356,11 +356,11 @@ time.sleep(5)
 
     with ThreadPoolExecutor(1) as pool:
         sampler = pool.submit(sample)
-        result = run_python(bomb, limits=_with(limits, memory_mb=512, timeout_s=20))
+        result = run_python(bomb, limits=_with(limits, memory_mb=512, timeout_s=60))
         done = True
         sampler.result()
     assert not result.ok and "together used more than 512 MB" in (result.error or ""), result
-    assert result.wall_s < 5  # killed by the watchdog, not by the 20 s timeout
+    assert result.wall_s < 30  # killed by the watchdog, not by the 60 s timeout
     assert baseline - min(lowest) < 512 + 700  # the bound plus what one polling interval lets through
 
 

@@ -1,4 +1,6 @@
-"""Process-level helpers: the large-buffer malloc setting changes what it claims to (page faults on reuse)."""
+"""Process-level helpers. How much ``keep_large_buffers()`` saves (page faults on reuse) depends on load and the
+allocator's state, so ``tools/bench_allocator.py`` measures it; here, deterministically, that the setting does
+what it claims: a large buffer comes from the reusable heap instead of a fresh mmap (glibc's ``mallinfo2``)."""
 
 import subprocess
 import sys
@@ -6,73 +8,32 @@ import sys
 import pytest
 
 _PROBE = """
-import resource, sys, torch
+import ctypes, sys
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
 from spear_stream.utils import keep_large_buffers
 if sys.argv[1] == "keep":
-    assert keep_large_buffers()
-for _ in range(8):  # first uses of the size fault their pages in (the heap grows a few buffers' worth)
-    torch.empty(64 * 2**20, dtype=torch.uint8).fill_(1)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    torch.empty(64 * 2**20, dtype=torch.uint8).fill_(1)  # freed at once, allocated again
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert keep_large_buffers() and keep_large_buffers()  # idempotent
+before = libc.mallinfo2().hblkhd  # bytes held in mmapped chunks
+buffer = libc.malloc(64 << 20)
+print(libc.mallinfo2().hblkhd - before)
+libc.free(ctypes.c_void_p(buffer))
 """
 
 
-def _faults(probe: str, mode: str) -> float:
-    """Run a page-fault probe in a fresh process (malloc settings are per process); the number it prints."""
-    out = subprocess.run(
-        [sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True, timeout=120
-    )
-    return float(out.stdout.split()[-1])
+def _mmapped_bytes(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
-def test_keep_large_buffers_reuses_freed_pages():
-    pages = 3 * 64 * 2**20 // 4096
-    # default glibc: a 64 MiB buffer is above the (capped) mmap threshold, so each reuse faults every page again
-    assert _faults(_PROBE, "default") > pages // 2
-    assert _faults(_PROBE, "keep") < pages // 20
-
-
-_ZMQ_PROBE = """
-import resource, sys, threading, zmq
-from spear_stream.utils import keep_large_buffers
-if sys.argv[1] == "keep":
-    assert keep_large_buffers()
-size, n_messages, warmup = 48 * 2**20, 24, 8
-ctx = zmq.Context()
-pull = ctx.socket(zmq.PULL)
-pull.setsockopt(zmq.RCVHWM, 2)
-pull.bind("tcp://127.0.0.1:*")
-address = pull.getsockopt_string(zmq.LAST_ENDPOINT)
-
-def send():
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 2)
-    push.connect(address)
-    payload = memoryview(bytearray(size))
-    for _ in range(n_messages):
-        push.send(payload, copy=False)
-    push.close(linger=-1)
-
-sender = threading.Thread(target=send)
-sender.start()
-held = None
-for i in range(n_messages):
-    if i == warmup:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    frame = pull.recv(copy=False)  # allocated by libzmq's I/O thread
-    held = frame  # the previous frame is freed here, by this (main) thread, as the learner frees a group
-sender.join()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (n_messages - warmup))
-pull.close(linger=0)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
-def test_keep_large_buffers_reuses_frames_received_by_zmq_io_thread():
-    """Frames are allocated in libzmq's I/O thread and freed in the main thread: one arena lets them be reused."""
-    pages = 48 * 2**20 // 4096
-    assert _faults(_ZMQ_PROBE, "keep") < pages // 5  # the heap may still grow by a buffer in the window
-    assert _faults(_ZMQ_PROBE, "default") > pages // 2  # every frame faults in (nearly) all its pages
+def test_keep_large_buffers_serves_large_buffers_from_the_heap():
+    assert _mmapped_bytes("default") >= 64 << 20  # glibc: a fresh mapping, unmapped again on free
+    assert _mmapped_bytes("keep") == 0  # from the heap, kept for the next buffer
