@@ -122,6 +122,7 @@ class StreamSource:
         self.last_state: dict[str, torch.Tensor] | None = None
         self.server_restarts = 0
         self.refused_groups = 0
+        self.refused_internal = 0
         # how long fill() waits for one batch before giving up (workers keep restarting meanwhile)
         self.batch_timeout_s = max(600.0, 10 * cfg.sync.timeout_s)
 
@@ -174,14 +175,17 @@ class StreamSource:
 
     def _pump(self, replay: FreshReplay, timeout_ms: int) -> None:
         for group in self.receiver.poll(timeout_ms):
+            # The receiver checks the replay's limits, so this is a net: no group can end the run. What the replay
+            # refuses is counted; anything else is a bug, counted apart and logged with its traceback.
             try:
                 replay.extend_group(group.rows)
-            except (
-                SchemaError,
-                ValueError,
-            ) as exc:  # the receiver checks the replay's limits; this is the net
+            except (SchemaError, ValueError) as exc:
                 self.refused_groups += 1
                 _LOG.warning("replay refused group %s/%s: %s", group.worker_id, group.seq, exc)
+                continue
+            except Exception:
+                self.refused_internal += 1
+                _LOG.exception("replay failed on group %s/%s (a bug)", group.worker_id, group.seq)
                 continue
             self.counts.add(group.rows)
 
@@ -240,7 +244,8 @@ class StreamSource:
         out["rollout/workers_alive"] = float(len(self.receiver.workers))
         out["rollout/worker_restarts"] = float(self.supervisor.restarts)
         out["rollout/server_restarts"] = float(self.server_restarts)
-        out["replay/refused_groups"] = float(self.refused_groups)
+        out["replay/refused_groups"] = float(self.refused_groups + self.refused_internal)
+        out["replay/refused_internal"] = float(self.refused_internal)
         return out | self.sync_metrics
 
     def state_dict(self) -> dict:

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import zmq
@@ -285,3 +286,58 @@ def test_curve_encrypts_the_link_when_asked() -> None:
             plain.close(bye=False, timeout_s=0.1)
             sealed.close()
     assert torch.__version__  # keeps the import (torch made the groups)
+
+
+class _FailingReplay:
+    """A replay that refuses the first group (as for a limit) and hits a bug on the second."""
+
+    num_groups = 0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def extend_group(self, rows) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ValueError("group larger than the replay")
+        if self.calls == 2:
+            raise RuntimeError("a bug")
+        self.num_groups += 1
+
+
+def test_no_group_can_end_the_run_in_the_learner_hub(tiny_model_dir, tmp_path) -> None:
+    from spear_stream.config import load_config
+    from spear_stream.learner.stream_source import StreamSource
+    from spear_stream.models import load_tokenizer
+
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs/tiny_guess.toml",
+        ["--model.path", str(tiny_model_dir), "--run_dir", str(tmp_path / "run")],
+    )
+    cfg.run_path.mkdir(parents=True)
+    source = StreamSource(cfg, load_tokenizer(cfg.model.path))
+    key = json.loads((cfg.run_path / "connect.json").read_text())
+    assert oct((cfg.run_path / "connect.json").stat().st_mode & 0o777) == "0o600"
+    worker = RolloutSender(key["address"], worker_id=0, run_token=key["run_token"])
+    replay = _FailingReplay()
+    try:
+        deadline = time.monotonic() + 20
+        while not worker.authenticated or worker.credits < 3:
+            assert time.monotonic() < deadline
+            source._pump(replay, 10)  # type: ignore[arg-type]
+            if 0 in source.receiver.workers and source.receiver.outstanding(0) < 3:
+                source.receiver.grant(0, 3 - source.receiver.outstanding(0))
+            worker.poll(10)
+        for _ in range(3):
+            rows = make_group([5], worker_id=0)
+            rows[0]["tokens"] %= 300  # within the tiny model's vocabulary
+            worker.send_group(rows)
+        while replay.calls < 3:
+            assert time.monotonic() < deadline
+            source._pump(replay, 10)  # type: ignore[arg-type]
+        metrics = source.metrics()
+        assert metrics["replay/refused_groups"] == 2 and metrics["replay/refused_internal"] == 1
+        assert replay.num_groups == 1 and metrics["rollout/groups_received"] == 1
+    finally:
+        worker.close()
+        source.close()
