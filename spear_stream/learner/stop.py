@@ -64,5 +64,14 @@ class StopRequest:
                 f"(send {name} again to stop at once)\n".encode(),
             )
         elif signum == self.signum and time.monotonic() - self._at >= FORCE_AFTER_S:
+            previous = self._previous.get(signum)
             self._restore()
-            signal.raise_signal(signum)
+            # What that signal does by default, even where the process started with it ignored (a background job
+            # of a non-interactive shell ignores SIGINT): KeyboardInterrupt, or termination.
+            if callable(previous) and previous is not signal.default_int_handler:
+                previous(signum, _frame)
+            elif signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)

@@ -13,10 +13,19 @@ from spear_stream.learner.stop import StopRequest
 from spear_stream.metrics import MetricsLogger, read_metrics
 
 
-def test_first_signal_only_asks_and_a_later_repeat_forces(monkeypatch) -> None:
+@pytest.mark.parametrize("started_with", ["default", "ignored"])  # ignored: a background job of a script
+def test_first_signal_only_asks_and_a_later_repeat_forces(monkeypatch, started_with: str) -> None:
     clock = [100.0]
     monkeypatch.setattr(stop.time, "monotonic", lambda: clock[0])
-    before = signal.getsignal(signal.SIGINT)
+    initial = signal.default_int_handler if started_with == "default" else signal.SIG_IGN
+    before = signal.signal(signal.SIGINT, initial)
+    try:
+        _ask_then_force(clock)
+    finally:
+        assert signal.signal(signal.SIGINT, before) == initial  # restored on the way out
+
+
+def _ask_then_force(clock: list[float]) -> None:
     with StopRequest() as request:
         signal.raise_signal(signal.SIGINT)
         assert request.requested and request.exit_code == 130
@@ -25,9 +34,8 @@ def test_first_signal_only_asks_and_a_later_repeat_forces(monkeypatch) -> None:
         signal.raise_signal(signal.SIGTERM)  # another kind of signal: ignored too
         assert request.signum == signal.SIGINT
         clock[0] += stop.FORCE_AFTER_S
-        with pytest.raises(KeyboardInterrupt):  # the user pressed Ctrl-C again: Python's default handler
+        with pytest.raises(KeyboardInterrupt):  # the user pressed Ctrl-C again: stop at once
             signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_handlers_are_restored_on_exit() -> None:
