@@ -127,7 +127,7 @@ def make_row(
 def validate_row(row: TensorDictBase, vocab_size: int | None = None) -> tuple[int, int]:
     """Raise :class:`SchemaError` naming the first offending field (keys, dtypes, shapes, value ranges).
 
-    Returns the row's ``(oldest, newest)`` policy versions (as :func:`spear_stream.transport.codec.group_versions`
+    Returns the row's ``(oldest, newest)`` policy versions (as :func:`spear_stream.group.group_versions`
     counts them), so a receiver need not read the tokens again.
     """
     if not isinstance(row, TensorDictBase):

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from tensordict import TensorDictBase, lazy_stack
+from tensordict import TensorDictBase
 
 from envs import Task
 from spear_stream.algo.curriculum import CurriculumValues
 from spear_stream.config import Config
+from spear_stream.group import group_from_rows
 from spear_stream.replay.fresh import FreshReplay
 
 
@@ -79,10 +80,11 @@ class RolloutCounts:
     started: float = field(default_factory=time.monotonic)
     _since: tuple[int, int, int] = (0, 0, 0)  # counts at restart: rates cover this process's segment only
 
-    def add(self, rows: TensorDictBase) -> None:
+    def add(self, group: TensorDictBase) -> None:
+        """Count a jagged group (``spear_stream/group.py``)."""
         self.groups += 1
-        self.trajectories += len({int(t) for t in rows.get("traj_id")})
-        self.tokens += sum(int(m.sum()) for m in rows.get("loss_mask", as_list=True))
+        self.trajectories += int(torch.unique(group["rows", "traj_id"]).numel())
+        self.tokens += int(group["flat", "loss_mask"].sum())
 
     def restart(self) -> None:
         self.started = time.monotonic()
@@ -156,9 +158,10 @@ class InProcessSource:
         run = self.loop.run_groups(
             tasks, self.cfg.env.group_size, self.policy, self.cfg.rollout.max_concurrent_episodes
         )
-        for group in asyncio.run(run):
-            replay.extend_group(group.rows)
-            self.counts.add(lazy_stack(group.rows))
+        for result in asyncio.run(run):
+            group = group_from_rows(result.rows)  # the layout workers send (spear_stream/group.py)
+            replay.extend_group(group)
+            self.counts.add(group)
 
     def publish(self, state: dict[str, torch.Tensor], version: int) -> None:
         self.engine.load_weights(state, version)

@@ -178,7 +178,7 @@ class StreamSource:
             # The receiver checks the replay's limits, so this is a net: no group can end the run. What the replay
             # refuses is counted; anything else is a bug, counted apart and logged with its traceback.
             try:
-                replay.extend_group(group.rows)
+                replay.extend_group(group.group)
             except (SchemaError, ValueError) as exc:
                 self.refused_groups += 1
                 _LOG.warning("replay refused group %s/%s: %s", group.worker_id, group.seq, exc)
@@ -187,7 +187,7 @@ class StreamSource:
                 self.refused_internal += 1
                 _LOG.exception("replay failed on group %s/%s (a bug)", group.worker_id, group.seq)
                 continue
-            self.counts.add(group.rows)
+            self.counts.add(group.group)
 
     def _grant(self, buffered: int, per_step: int, values: CurriculumValues) -> None:
         workers = self.receiver.workers

@@ -2,7 +2,7 @@
 
 Built from torchrl parts: a ``TensorDictReplayBuffer`` over ``LazyMemmapStorage`` (on disk, readable by other
 processes) or ``LazyTensorStorage`` (RAM), whose round-robin writer lays rows out in a ring of ``capacity`` slots.
-Rows are stored padded to ``max_len`` (memmap needs fixed shapes) with ``length`` kept (``schema.pad_rows``);
+Rows are stored padded to ``max_len`` (memmap needs fixed shapes) with ``length`` kept (``group.pad_group``);
 sampled groups come back unpadded, as a lazy stack of schema rows.
 
 What torchrl lacks and this module adds:
@@ -34,7 +34,8 @@ import torch
 from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, lazy_stack
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 
-from spear_stream.schema import ALL_FIELDS, SCHEMA_VERSION, pad_rows, unpad_row
+from spear_stream.group import group_from_rows, pad_group
+from spear_stream.schema import ALL_FIELDS, SCHEMA_VERSION, unpad_row
 
 SIDECAR = "meta.json"
 
@@ -78,8 +79,9 @@ class FreshReplay:
         return len(self._groups)
 
     def extend_group(self, rows: Sequence[TensorDictBase] | TensorDictBase) -> None:
-        """Append one whole group (validated schema rows, each no longer than ``max_len``)."""
-        self._append(pad_rows(rows, self.max_len, self.pad_token))
+        """Append one whole group: a jagged group (``spear_stream/group.py``, as received) or validated schema
+        rows, each no longer than ``max_len``."""
+        self._append(pad_group(group_from_rows(rows), self.max_len, self.pad_token))
         self._write_sidecar()
 
     def sample_groups(

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from tensordict import LazyStackedTensorDict
+from tensordict import TensorDict
 
 from spear_stream.config import TransportConfig
 from spear_stream.schema import SCHEMA_VERSION
 from spear_stream.transport import auth
 from spear_stream.transport.codec import (
+    GROUP_FRAMES,
     KIND_AUTH,
     KIND_GROUP,
     MAX_HEADER_BYTES,
@@ -65,7 +66,9 @@ _PENDING = 1024  # challenges awaiting an answer (oldest dropped first: a flood 
 class ReceivedGroup:
     worker_id: int
     seq: int
-    rows: LazyStackedTensorDict  # views into the received frame: clone before writing in place
+    group: (
+        TensorDict  # the jagged group (spear_stream/group.py), views into the received frames: clone to write
+    )
     policy_versions: tuple[int, int]  # (oldest, newest) token version
     nbytes: int
 
@@ -203,8 +206,8 @@ class RolloutReceiver:
             raise DecodeError(
                 "unauthenticated", f"{len(body)} frames, {nbytes} bytes before the session opened"
             )
-        if not 1 <= len(body) <= 2:
-            raise DecodeError("bad_frames", f"expected 1 or 2 frames after the routing id, got {len(body)}")
+        if len(body) not in (1, 1 + len(GROUP_FRAMES)):
+            raise DecodeError("bad_frames", f"{len(body)} frames after the routing id")
         if nbytes > self.max_message_bytes:
             raise DecodeError(
                 "too_large", f"{nbytes} bytes > max_message_mb ({self.max_message_bytes} bytes)"
@@ -224,12 +227,12 @@ class RolloutReceiver:
             return None
         if not auth.verify(key, header):
             raise DecodeError("bad_mac", f"{kind:.20} from worker {worker} without a valid session tag")
-        if (kind == KIND_GROUP) != (len(body) == 2):
+        if (kind == KIND_GROUP) != (len(body) > 1):
             raise DecodeError("bad_frames", f"kind '{kind:.20}' with {len(body)} frames")
         if kind == KIND_GROUP:
             if worker in self.last_seen:
                 self.last_seen[worker] = time.monotonic()
-            return self._accept_group(worker, header, body[1], nbytes)
+            return self._accept_group(worker, header, body[1:], nbytes)
         if kind == KIND_BYE:
             self.forget(worker)
         elif kind != KIND_HEARTBEAT:
@@ -242,7 +245,7 @@ class RolloutReceiver:
         return None
 
     def _accept_group(
-        self, worker: int, header: dict[str, Any], payload: zmq.Frame, nbytes: int
+        self, worker: int, header: dict[str, Any], buffers: list[zmq.Frame], nbytes: int
     ) -> ReceivedGroup:
         if self.outstanding(worker) <= 0:
             raise DecodeError("no_credit", f"worker {worker} sent a group without credit")
@@ -253,8 +256,8 @@ class RolloutReceiver:
             # a sender numbers its groups 0, 1, 2...: it cannot skip more than the groups it sent us
             raise DecodeError("seq_jump", f"worker {worker} seq {seq} after {last}")
         try:
-            rows = decode_group(
-                header, payload, vocab_size=self.vocab_size, max_len=self.max_len, max_rows=self.max_rows
+            group = decode_group(
+                header, buffers, vocab_size=self.vocab_size, max_len=self.max_len, max_rows=self.max_rows
             )
         finally:
             self._outstanding[worker] -= 1  # the sender spent a credit on this group, whatever its fate
@@ -264,10 +267,10 @@ class RolloutReceiver:
             self.counters["transport/seq_gaps"] += seq - last - 1
         self._last_seq[worker] = seq
         self.counters["transport/accepted_groups"] += 1
-        self.counters["transport/accepted_rows"] += len(rows.tensordicts)
+        self.counters["transport/accepted_rows"] += header["n_rows"]
         self.counters["transport/accepted_bytes"] += nbytes
         versions = header["policy_versions"]
-        return ReceivedGroup(worker, seq, rows, (versions[0], versions[1]), nbytes)
+        return ReceivedGroup(worker, seq, group, (versions[0], versions[1]), nbytes)
 
     # -------------------------------------------------------------------------------------------- sessions
     def _on_hello(self, worker: int, header: dict[str, Any]) -> None:

@@ -150,21 +150,24 @@ class RolloutSender:
         """Send a group (reserving a credit first if none is reserved); returns its sequence number."""
         if self.reserved == 0:
             self.reserve(timeout_s)
-        frames = encode_group(rows, key=self._key, worker_id=self.worker_id, seq=self.seq)
+        header, *buffers = encode_group(rows, key=self._key, worker_id=self.worker_id, seq=self.seq)
         self.reserved -= 1
+        # One tracked frame per buffer: send_multipart's own tracker covers only the last frame (and none at all
+        # when that frame is small enough for pyzmq to copy), while libzmq reads every buffer after send returns.
+        frames = [zmq.Frame(buffer, copy=False, track=True) for buffer in buffers]
         try:
-            tracker = self._sock.send_multipart(frames, copy=False, track=True)
+            self._sock.send_multipart([header, *frames], copy=False)
         except zmq.Again:
             raise TransportError(
                 f"worker {self.worker_id}: sending to {self.address} timed out after {self.send_timeout_s:.1f}s"
             ) from None
-        self._unsent.append(tracker)
+        self._unsent.append(zmq.MessageTracker(*frames))
         while self._unsent and self._unsent[0].done:
             self._unsent.popleft()
         seq, self.seq = self.seq, self.seq + 1
         self._last_send = time.monotonic()
         self.counters["sender/groups_sent"] += 1
-        self.counters["sender/bytes_sent"] += sum(len(frame) for frame in frames)
+        self.counters["sender/bytes_sent"] += len(header) + sum(len(frame) for frame in frames)
         return seq
 
     def heartbeat(self) -> None:

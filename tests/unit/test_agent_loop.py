@@ -119,8 +119,8 @@ def test_worker_process_sends_each_group_as_it_ends(tiny_model_dir, tmp_path):
         receiver.grant(0, 6)
         while len(arrivals) < 6:
             for group in receiver.poll(0):
-                assert len(group.rows.tensordicts) == 2  # one row per episode (chat mode)
-                turns = int(group.rows.get("n_tool_calls").max())  # the relay counts turns taken
+                assert group.group["rows"].batch_size[0] == 2  # one row per episode (chat mode)
+                turns = int(group.group["rows", "n_tool_calls"].max())  # the relay counts turns taken
                 arrivals.append((time.monotonic() - t0, turns))
             await asyncio.sleep(0.005)
         runner.cancel()

@@ -23,52 +23,50 @@ def test_make_row_fills_defaults_and_policy_version():
     assert float(r["outcome_reward"]) == 10.0 and int(r["group_id"]) == 7
 
 
-@pytest.mark.parametrize(
-    ("mutate", "field"),
-    [
-        (lambda r: r.set("tokens", r["tokens"].float()), "tokens"),
-        (lambda r: r.set("loss_mask", r["loss_mask"][:3]), "loss_mask"),
-        (
-            lambda r: r.set("behavior_logp", torch.tensor([0, 0, 0.5, -1, 0], dtype=torch.float32)),
-            "behavior_logp",
-        ),
-        (
-            lambda r: r.set("token_version", torch.tensor([0, -1, 3, 4, -1], dtype=torch.int32)),
-            "token_version",
-        ),
-        # the version pattern: masked tokens >= 0, every other token exactly -1
-        (
-            lambda r: r.set("token_version", torch.tensor([-1, -1, -1, 4, -1], dtype=torch.int32)),
-            "token_version",
-        ),
-        (
-            lambda r: r.set("token_version", torch.tensor([-1, -1, 3, 4, -2], dtype=torch.int32)),
-            "token_version",
-        ),
-        (
-            lambda r: r.set("token_version", torch.tensor([-1, -1, 3, 4, 5], dtype=torch.int32)),
-            "token_version",
-        ),
-        (lambda r: r.set("policy_version", torch.tensor(4)), "policy_version"),
-        # context tokens carry 0; a positive log-probability anywhere is corrupt
-        (
-            lambda r: r.set("behavior_logp", torch.tensor([0.5, 0, -0.5, -1, 0], dtype=torch.float32)),
-            "behavior_logp",
-        ),
-        (
-            lambda r: r.set(
-                "behavior_logp", torch.tensor([0, 0, -0.5, float("-inf"), 0], dtype=torch.float32)
-            ),
-            "behavior_logp",
-        ),
-        (lambda r: r.set("prompt_length", torch.tensor(9)), "prompt_length"),
-        (lambda r: r.set("outcome_reward", torch.tensor(float("nan"))), "outcome_reward"),
-        (lambda r: r.set("n_tool_calls", torch.tensor(-1)), "n_tool_calls"),
-        (lambda r: r.set("extra", torch.tensor(1)), "extra"),
-        (lambda r: r.del_("task_id"), "task_id"),
-        (lambda r: r.set("loss_mask", torch.tensor([True, False, True, True, False])), "loss_mask"),
-    ],
-)
+MUTATIONS = [  # (mutation of row(), the field the error names); tests/unit/test_group.py runs them too
+    (lambda r: r.set("tokens", r["tokens"].float()), "tokens"),
+    (lambda r: r.set("loss_mask", r["loss_mask"][:3]), "loss_mask"),
+    (
+        lambda r: r.set("behavior_logp", torch.tensor([0, 0, 0.5, -1, 0], dtype=torch.float32)),
+        "behavior_logp",
+    ),
+    (
+        lambda r: r.set("token_version", torch.tensor([0, -1, 3, 4, -1], dtype=torch.int32)),
+        "token_version",
+    ),
+    # the version pattern: masked tokens >= 0, every other token exactly -1
+    (
+        lambda r: r.set("token_version", torch.tensor([-1, -1, -1, 4, -1], dtype=torch.int32)),
+        "token_version",
+    ),
+    (
+        lambda r: r.set("token_version", torch.tensor([-1, -1, 3, 4, -2], dtype=torch.int32)),
+        "token_version",
+    ),
+    (
+        lambda r: r.set("token_version", torch.tensor([-1, -1, 3, 4, 5], dtype=torch.int32)),
+        "token_version",
+    ),
+    (lambda r: r.set("policy_version", torch.tensor(4)), "policy_version"),
+    # context tokens carry 0; a positive log-probability anywhere is corrupt
+    (
+        lambda r: r.set("behavior_logp", torch.tensor([0.5, 0, -0.5, -1, 0], dtype=torch.float32)),
+        "behavior_logp",
+    ),
+    (
+        lambda r: r.set("behavior_logp", torch.tensor([0, 0, -0.5, float("-inf"), 0], dtype=torch.float32)),
+        "behavior_logp",
+    ),
+    (lambda r: r.set("prompt_length", torch.tensor(9)), "prompt_length"),
+    (lambda r: r.set("outcome_reward", torch.tensor(float("nan"))), "outcome_reward"),
+    (lambda r: r.set("n_tool_calls", torch.tensor(-1)), "n_tool_calls"),
+    (lambda r: r.set("extra", torch.tensor(1)), "extra"),
+    (lambda r: r.del_("task_id"), "task_id"),
+    (lambda r: r.set("loss_mask", torch.tensor([True, False, True, True, False])), "loss_mask"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "field"), MUTATIONS)
 def test_validator_names_the_offending_field(mutate, field):
     r = row()
     mutate(r)

@@ -14,6 +14,7 @@ import zmq
 from tensordict import TensorDict, lazy_stack
 
 from spear_stream.config import TransportConfig
+from spear_stream.group import group_from_rows, group_rows
 from spear_stream.schema import ALL_FIELDS, SCHEMA_VERSION, make_row
 from spear_stream.transport import (
     ChannelStopped,
@@ -27,7 +28,7 @@ from spear_stream.transport import (
     encode_group,
     parse_header,
 )
-from spear_stream.transport.codec import parse_control, rebuild_consolidated, worker_header
+from spear_stream.transport.codec import GROUP_FRAMES, parse_control, worker_header
 from spear_stream.transport.common import worker_identity
 
 TOKEN = "test-token"
@@ -77,63 +78,77 @@ def assert_rows_equal(got: list[TensorDict], expected: list[TensorDict]) -> None
 def test_codec_round_trip_ragged_bit_exact() -> None:
     rows = make_group([5, 17, 3, 64, 2], worker_id=4)
     frames = encode_group(rows, key=None, worker_id=4, seq=9)
+    assert len(frames) == 1 + len(GROUP_FRAMES)
     header = parse_header(frames[0])
-    assert header["n_rows"] == 5 and header["seq"] == 9 and header["kind"] == "group"
+    assert header["n_rows"] == 5 and header["n_tokens"] == 91 and header["seq"] == 9
+    assert header["kind"] == "group" and header["wire"] == 3
     assert header["policy_versions"] == [3, 4] and header["schema_version"] == SCHEMA_VERSION
-    decoded = decode_group(header, bytes(frames[1]), vocab_size=900)
-    assert_rows_equal(list(decoded.tensordicts), rows)
+    decoded = decode_group(header, [bytes(f) for f in frames[1:]], vocab_size=900)
+    assert decoded["offsets"].tolist() == [0, 5, 22, 25, 89, 91]
+    assert_rows_equal(group_rows(decoded), rows)
 
 
-def test_codec_accepts_lazy_stack_and_dense_input() -> None:
+def test_codec_accepts_lazy_stack_dense_and_jagged_input() -> None:
     rows = make_group([6, 6, 6])
-    for group in (lazy_stack(rows), torch.stack(rows)):
+    for group in (lazy_stack(rows), torch.stack(rows), rows, group_from_rows(rows)):
         frames = encode_group(group, key=None, worker_id=0, seq=0)
-        decoded = decode_group(parse_header(frames[0]), frames[1])
-        assert_rows_equal(list(decoded.tensordicts), rows)
+        decoded = decode_group(parse_header(frames[0]), frames[1:])
+        assert_rows_equal(group_rows(decoded), rows)
 
 
-def test_rebuild_consolidated_guard() -> None:
-    """Guards the one call into tensordict's private rebuild (pinned tensordict 0.14.x)."""
-    stack = lazy_stack(make_group([4, 9]))
-    consolidated = stack.consolidate(metadata=True)
-    meta = json.loads(json.dumps(consolidated._consolidated["metadata"]))
-    rebuilt = rebuild_consolidated(meta, consolidated._consolidated["storage"].clone())
-    assert_rows_equal(list(rebuilt.tensordicts), list(stack.tensordicts))
+def test_frames_are_views_of_the_groups_own_tensors() -> None:
+    """Zero-copy: each buffer frame is the memory of a tensor of the group, not a copy of it."""
+    group = group_from_rows(make_group([5, 7]))
+    frames = encode_group(group, key=None, worker_id=0, seq=0)
+    tokens = torch.frombuffer(frames[1], dtype=torch.int64)
+    assert tokens.data_ptr() == group["flat", "tokens"].data_ptr()
+
+
+def _tampered(tamper) -> tuple[dict, list[bytes]]:
+    frames = encode_group(make_group([4, 9]), key=None, worker_id=0, seq=0)
+    header, buffers = parse_header(frames[0]), [bytearray(f) for f in frames[1:]]
+    tamper(header, buffers)
+    return header, buffers
+
+
+def _set_bytes(buffers, frame: int, at: int, value: bytes) -> None:
+    buffers[frame][at : at + len(value)] = value
 
 
 @pytest.mark.parametrize(
     ("tamper", "reason"),
     [
-        (lambda h: h["meta"]["tokens"]["0"]["leaves"]["tokens"].__setitem__(3, 10**9), "bad_meta"),
-        (lambda h: h["meta"]["tokens"]["0"]["non_tensors"].__setitem__("x", ["y", [], None]), "bad_meta"),
-        (lambda h: h["meta"]["tokens"].__setitem__("cls", "TensorDict"), "bad_meta"),
-        (lambda h: h["meta"].__setitem__("cls", "LazyStackedTensorDict"), "bad_meta"),
-        (
-            lambda h: h["meta"]["leaves"]["length"].__setitem__(1, [3]),
-            "bad_meta",
-        ),  # a scalar column of 3 rows
-        (lambda h: h["meta"]["leaves"].pop("task_id"), "bad_meta"),
-        (
-            lambda h: h["meta"]["tokens"]["1"]["leaves"].__setitem__("length", ["torch.int64", [], 0, 8, 0]),
-            "bad_meta",
-        ),
-        (lambda h: h["meta"]["cls_metadata"].__setitem__("device", "cuda:0"), "bad_meta"),
-        (lambda h: h.__setitem__("n_rows", 3), "bad_meta"),
-        (lambda h: h.__setitem__("wire", 1), "wire_format"),
-        (lambda h: h.__setitem__("policy_versions", [0, 9]), "header_mismatch"),
-        (lambda h: h.__setitem__("worker_id", 5), "header_mismatch"),
+        (lambda h, b: h.__setitem__("n_rows", 3), "bad_payload"),  # frame sizes no longer match
+        (lambda h, b: h.__setitem__("n_tokens", 12), "bad_payload"),
+        (lambda h, b: b.pop(), "bad_frames"),
+        (lambda h, b: b[0].extend(b"\x00" * 8), "bad_payload"),
+        (lambda h, b: _set_bytes(b, 4, 8, (5).to_bytes(8, "little")), "bad_row"),  # offsets vs lengths
+        (lambda h, b: _set_bytes(b, 1, 0, b"\x02"), "bad_payload"),  # a bool that is neither 0 nor 1
+        (lambda h, b: _set_bytes(b, 1, 0, b"\x01"), "bad_row"),  # a loss token inside the prompt
+        (lambda h, b: h.__setitem__("policy_versions", [0, 9]), "header_mismatch"),
+        (lambda h, b: h.__setitem__("worker_id", 5), "header_mismatch"),
     ],
 )
-def test_decode_rejects_tampered_headers(tamper, reason: str) -> None:
-    frames = encode_group(make_group([4, 9]), key=None, worker_id=0, seq=0)
-    header = parse_header(frames[0])
-    tamper(header)
+def test_decode_rejects_tampered_groups(tamper, reason: str) -> None:
+    header, buffers = _tampered(tamper)
     with pytest.raises(DecodeError) as err:
-        decode_group(header, bytes(frames[1]))
+        decode_group(header, buffers)
     assert err.value.reason == reason
 
 
-@pytest.mark.parametrize("frame", [b"\xff\x00", b"[1, 2]", b'{"kind": "group"}', b'{"schema_version": true}'])
+@pytest.mark.parametrize("wire", [1, 2, None, "3"])
+def test_groups_of_other_wire_formats_are_refused_by_name(wire) -> None:
+    frames = encode_group(make_group([4, 9]), key=None, worker_id=0, seq=0)
+    fields = json.loads(frames[0])
+    fields["wire"] = wire
+    with pytest.raises(DecodeError) as err:
+        parse_header(json.dumps(fields).encode())
+    assert err.value.reason == "wire_format" and "this learner reads 3" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "frame", [b"\xff\x00", b"[1, 2]", b'{"kind": "group", "wire": 3}', b'{"schema_version": true}']
+)
 def test_parse_header_rejects_bad_shapes(frame: bytes) -> None:
     with pytest.raises(DecodeError) as err:
         parse_header(frame)
@@ -185,7 +200,7 @@ def test_sender_and_receiver_exchange_groups(receiver: RolloutReceiver) -> None:
         assert [g.seq for g in got] == [0, 1, 2, 3, 4]
         for received, group in zip(got, sent, strict=True):
             assert received.worker_id == 3 and received.policy_versions == (3, 4)
-            assert_rows_equal(list(received.rows.tensordicts), group)
+            assert_rows_equal(group_rows(received.group), group)
         assert receiver.counters["transport/accepted_groups"] == 5
         assert receiver.counters["transport/rejected"] == 0
         assert receiver.last_seen[3] <= time.monotonic() and receiver.dead_workers(timeout_s=60) == []
@@ -265,11 +280,11 @@ class RawWorker:
         return json.dumps(fields).encode()
 
     def group(self, rows: list[TensorDict], seq: int, **override) -> list[bytes]:
-        header, payload = encode_group(rows, key=None, worker_id=self.worker_id, seq=seq)
+        header, *buffers = encode_group(rows, key=None, worker_id=self.worker_id, seq=seq)
         fields = {**json.loads(header), **override}
         fields.pop("mac", None)
         fields["mac"] = auth.tag(self.key, fields)
-        return [json.dumps(fields).encode(), bytes(payload)]
+        return [json.dumps(fields).encode(), *map(bytes, buffers)]
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -280,8 +295,6 @@ def test_bad_messages_are_rejected_and_counted(receiver: RolloutReceiver) -> Non
     raw = RawWorker(receiver, 7)
     try:
         raw.authenticate()  # credits are topped up after every group, so 2 always suffice
-        wrong_dtype = make_group([6], worker_id=7)
-        wrong_dtype[0]["tokens"] = wrong_dtype[0]["tokens"].to(torch.int32)
         out_of_vocab = make_group([6], worker_id=7)
         out_of_vocab[0]["tokens"][0] = 5000
         positive_logp = make_group([6], worker_id=7)
@@ -290,24 +303,28 @@ def test_bad_messages_are_rejected_and_counted(receiver: RolloutReceiver) -> Non
             "bad_header": [b"\x00\xffgarbage"],
             "bad_frames": [b"a", b"b", b"c"],
             "bad_mac": [raw.header(0, sign=False)],
-            "too_large": [raw.header(0), b"\x00" * 80_000],
+            "too_large": [raw.header(0), *[b"\x00" * 9000] * len(GROUP_FRAMES)],
             "schema_version": [raw.header(0, schema_version=SCHEMA_VERSION + 1)],
             "worker_mismatch": [raw.header(0, worker_id=8)],
             "bad_kind": [raw.header(0, kind="party")],
         }
         for frames in bad.values():
             raw.sock.send_multipart(frames)
-        for seq, rows in enumerate([wrong_dtype, out_of_vocab, positive_logp]):
+        for seq, rows in enumerate([out_of_vocab, positive_logp]):
             raw.sock.send_multipart(raw.group(rows, seq))
+        halved = raw.group(make_group([6], worker_id=7), 2)
+        halved[1] = halved[1][: len(halved[1]) // 2]  # int32 token ids where int64 belong
+        raw.sock.send_multipart(halved)
         good = make_group([5, 8], worker_id=7)
         raw.sock.send_multipart(raw.group(good, 0))  # rejected groups did not advance the sequence
         raw.sock.send_multipart(raw.group(make_group([5], worker_id=7), 0))  # duplicate_seq
         groups = pump(receiver, lambda g: len(g) == 1)
-        assert_rows_equal(list(groups[0].rows.tensordicts), good)
+        assert_rows_equal(group_rows(groups[0].group), good)
         pump(receiver, lambda _: receiver.counters["transport/rejected/duplicate_seq"] == 1)
         counts = {reason: receiver.counters[f"transport/rejected/{reason}"] for reason in bad}
         assert counts == dict.fromkeys(bad, 1)
-        assert receiver.counters["transport/rejected/bad_row"] == 3
+        assert receiver.counters["transport/rejected/bad_row"] == 2
+        assert receiver.counters["transport/rejected/bad_payload"] == 1
         assert receiver.counters["transport/rejected"] == len(bad) + 4
         assert receiver.counters["transport/accepted_groups"] == 1
         assert receiver.counters["transport/rejected/internal"] == 0
@@ -380,4 +397,4 @@ def test_group_sent_right_before_process_exit_arrives() -> None:
         finally:
             child.kill()
             child.wait()
-    assert [int(row["length"]) for row in groups[0].rows.tensordicts] == [1_000_000, 1_000_000]
+    assert groups[0].group["rows", "length"].tolist() == [1_000_000, 1_000_000]
