@@ -28,9 +28,11 @@ from tensordict import TensorDict, TensorDictBase
 from spear_stream.schema import ALL_FIELDS, SCALAR_FIELDS, TOKEN_FIELDS, SchemaError
 
 FLAT, OFFSETS, ROWS = "flat", "offsets", "rows"
-_KEYS_BY_DTYPE = [
-    tuple(k for k, d in SCALAR_FIELDS.items() if d == dt) for dt in dict.fromkeys(SCALAR_FIELDS.values())
-]
+# the scalar fields grouped by dtype, in schema order: one stack each here, one wire frame each in the codec
+SCALAR_BLOCKS: tuple[tuple[torch.dtype, tuple[str, ...]], ...] = tuple(
+    (dtype, tuple(k for k, d in SCALAR_FIELDS.items() if d == dtype))
+    for dtype in dict.fromkeys(SCALAR_FIELDS.values())
+)
 _INT32_MAX = torch.iinfo(torch.int32).max
 
 
@@ -91,7 +93,7 @@ def group_from_rows(rows: Sequence[TensorDictBase] | TensorDictBase) -> TensorDi
                 raise SchemaError(f"row {i}: field '{key}' must be a scalar")
     flat = {key: torch.cat([f[key] for f in fields]) for key in TOKEN_FIELDS}
     columns: dict[str, torch.Tensor] = {}
-    for keys in _KEYS_BY_DTYPE:  # one stack per dtype, not per field: a stack costs ~5 us however small
+    for _, keys in SCALAR_BLOCKS:  # one stack per dtype, not per field: a stack costs ~5 us however small
         block = torch.stack([f[k] for k in keys for f in fields]).view(len(keys), len(fields))
         columns.update(zip(keys, block.unbind(0), strict=True))
     return make_group(flat, offsets, columns)

@@ -33,8 +33,16 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from spear_stream.group import FLAT, OFFSETS, ROWS, group_from_rows, validate_group
-from spear_stream.schema import SCALAR_FIELDS, SCHEMA_VERSION, TOKEN_FIELDS, SchemaError
+from spear_stream.group import (
+    FLAT,
+    OFFSETS,
+    ROWS,
+    SCALAR_BLOCKS,
+    group_from_rows,
+    group_versions,
+    validate_group,
+)
+from spear_stream.schema import SCHEMA_VERSION, TOKEN_FIELDS, SchemaError
 from spear_stream.transport import auth
 
 KIND_GROUP = "group"
@@ -56,11 +64,6 @@ _HEADER_TYPES: dict[str, type] = {
 }
 MAX_HEADER_BYTES = 64 << 10  # a group's header is ~300 bytes; JSON beyond this is never parsed
 _GROUP_TYPES: dict[str, type] = {"n_rows": int, "n_tokens": int, "policy_versions": list}
-# the scalar fields, grouped by dtype in schema order: one frame each
-SCALAR_BLOCKS: tuple[tuple[torch.dtype, tuple[str, ...]], ...] = tuple(
-    (dtype, tuple(k for k, d in SCALAR_FIELDS.items() if d == dtype))
-    for dtype in dict.fromkeys(SCALAR_FIELDS.values())
-)
 GROUP_FRAMES: tuple[str, ...] = (*TOKEN_FIELDS, OFFSETS, *(f"scalars:{str(d)[6:]}" for d, _ in SCALAR_BLOCKS))
 
 
@@ -146,17 +149,15 @@ def encode_group(
     buffers = [flat[k] for k in TOKEN_FIELDS]
     buffers.append(parts[OFFSETS])
     buffers += [torch.stack([columns[k] for k in keys]) for _, keys in SCALAR_BLOCKS]
-    row_versions = columns["policy_version"]
-    newest_token = int(flat["token_version"].max()) if buffers[0].numel() else -1
     header = worker_header(
         KIND_GROUP,
         key=key,
         worker_id=worker_id,
         seq=seq,
         wire=WIRE_FORMAT,
-        n_rows=row_versions.shape[0],
+        n_rows=parts[OFFSETS].shape[0] - 1,
         n_tokens=buffers[0].shape[0],
-        policy_versions=[int(row_versions.min()), max(int(row_versions.max()), newest_token)],
+        policy_versions=list(group_versions(group)),
     )
     # memoryviews of the tensors' own memory (bool as uint8: the buffer protocol has no torch.bool)
     views = [(b.view(torch.uint8) if b.dtype == torch.bool else b).contiguous().numpy().data for b in buffers]
